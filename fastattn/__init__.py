@@ -1,0 +1,21 @@
+"""fastattn: fused scaled-dot-product attention for NumPy arrays.
+
+Who calls whom::
+
+    scaled_dot_product_attention          fastattn/attention.py   validate, broadcast, route
+            |
+            v
+    _sdpa.attend                          fastattn/_sdpa.pyx      jobs, OpenMP, scratch, no GIL
+            |   one job = one query tile of one (batch, head)
+            v
+    fa_attend_{f32,f64}_{isa}             fastattn/_kernels/      online softmax over key tiles,
+                                                                  SIMD micro-kernels, vector exp
+
+The instruction set (baseline x86-64, AVX2+FMA, AVX-512) is chosen at import
+from what the CPU supports (``fastattn/_simd.py``; ``FASTATTN_SIMD`` forces one).
+"""
+from fastattn._version import __version__
+from fastattn.attention import scaled_dot_product_attention
+from fastattn._config import show_config
+
+__all__ = ["__version__", "scaled_dot_product_attention", "show_config"]

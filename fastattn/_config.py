@@ -1,0 +1,34 @@
+"""``show_config``: what this build of fastattn is and what it will run with."""
+import sys
+
+import numpy as np
+
+from fastattn import _sdpa, _simd
+from fastattn._version import __version__
+
+
+def config():
+    """The facts ``show_config`` prints, as a dict."""
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "simd_built": list(_sdpa.built_isas()),
+        "simd_supported": list(_simd.available()),
+        "simd_active": _simd.active(),
+        "openmp": _sdpa.openmp_enabled(),
+        "threads": _sdpa.max_threads(),
+        "blas": "none: own SIMD micro-kernels for both matrix products",
+    }
+
+
+def show_config():
+    """Print the version, SIMD paths built and chosen, OpenMP and threads, and BLAS."""
+    info = config()
+    print(f"fastattn {info['version']} (Python {info['python']}, NumPy {info['numpy']})")
+    print(f"  SIMD paths built:     {', '.join(info['simd_built'])}")
+    print(f"  SIMD paths supported: {', '.join(info['simd_supported'])}")
+    print(f"  SIMD path active:     {info['simd_active']}  (FASTATTN_SIMD to force)")
+    print(f"  OpenMP:               {'on' if info['openmp'] else 'off'}, "
+          f"{info['threads']} thread(s) by default (OMP_NUM_THREADS)")
+    print(f"  BLAS:                 {info['blas']}")

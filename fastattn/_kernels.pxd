@@ -1,0 +1,47 @@
+# Cython declarations of the C kernels (fastattn/_kernels/*.h): the only place
+# the Cython driver learns about them.
+
+cdef extern from "fa_attention.h" nogil:
+    enum:
+        FA_MASK_NONE
+        FA_MASK_BOOL
+        FA_MASK_ADDITIVE
+        FA_ISA_BASELINE
+        FA_ISA_AVX2
+        FA_ISA_AVX512
+        FA_N_ISAS
+
+    ctypedef struct fa_job:
+        const void *query
+        Py_ssize_t query_row_stride, query_col_stride
+        const void *key
+        Py_ssize_t key_row_stride, key_col_stride
+        const void *value
+        Py_ssize_t value_row_stride, value_col_stride
+        void *out
+        Py_ssize_t out_row_stride
+        const void *mask
+        Py_ssize_t mask_row_stride, mask_col_stride
+        int mask_kind
+        int is_causal
+        Py_ssize_t query_start, n_queries
+        Py_ssize_t n_keys, head_dim, value_dim
+        Py_ssize_t tile_queries, tile_keys
+        double scale
+
+    ctypedef void (*fa_attend_fn)(const fa_job *job, void *scratch) noexcept nogil
+    ctypedef size_t (*fa_scratch_bytes_fn)(Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                           Py_ssize_t) noexcept nogil
+
+    ctypedef struct fa_kernel_table:
+        const char *name
+        int lanes_f32, lanes_f64
+        fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64
+        fa_attend_fn attend_f32, attend_f64
+
+    const fa_kernel_table *fa_kernel_table_for(int isa)
+    int fa_cpu_supports(int isa)
+
+cdef extern from "fa_openmp.h" nogil:
+    int fa_openmp_enabled()
+    int fa_openmp_max_threads()

@@ -1,0 +1,59 @@
+/* The C interface of the fused attention kernels, shared by the per-ISA kernel
+ * objects, the dispatcher and the Cython driver (fastattn/_kernels.pxd).
+ *
+ * The unit of work is one *job*: one query tile of one (batch, head) pair,
+ * attending to every key it may see. Jobs are independent, so the Cython driver
+ * runs them in an OpenMP loop, each thread with its own scratch buffer. */
+#ifndef FA_ATTENTION_H
+#define FA_ATTENTION_H
+
+#include <stddef.h>
+
+enum { FA_MASK_NONE = 0, FA_MASK_BOOL = 1, FA_MASK_ADDITIVE = 2 };
+enum { FA_ISA_BASELINE = 0, FA_ISA_AVX2 = 1, FA_ISA_AVX512 = 2, FA_N_ISAS = 3 };
+
+typedef struct {
+    /* Pointers are at row 0, column 0 of this (batch, head); strides count elements,
+     * may be zero or negative, and are whatever the caller's arrays have. */
+    const void *query;  ptrdiff_t query_row_stride, query_col_stride;
+    const void *key;    ptrdiff_t key_row_stride, key_col_stride;
+    const void *value;  ptrdiff_t value_row_stride, value_col_stride;
+    void *out;          ptrdiff_t out_row_stride;          /* columns are contiguous */
+    const void *mask;   ptrdiff_t mask_row_stride, mask_col_stride;
+    int mask_kind;      /* FA_MASK_*; a bool mask is one byte per entry, nonzero = attend */
+    int is_causal;      /* query i sees keys j <= i (torch's top-left alignment) */
+    ptrdiff_t query_start, n_queries;   /* this tile's rows */
+    ptrdiff_t n_keys, head_dim, value_dim;
+    ptrdiff_t tile_queries;  /* scratch was sized for this many rows (multiple of lanes) */
+    ptrdiff_t tile_keys;     /* keys per inner step */
+    double scale;
+} fa_job;
+
+typedef void (*fa_attend_fn)(const fa_job *job, void *scratch);
+typedef size_t (*fa_scratch_bytes_fn)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
+                                      ptrdiff_t head_dim, ptrdiff_t value_dim);
+
+typedef struct {
+    const char *name;
+    int lanes_f32, lanes_f64;               /* tile_queries must be a multiple of these */
+    fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64;
+    fa_attend_fn attend_f32, attend_f64;
+} fa_kernel_table;
+
+/* NULL when `isa` is out of range. Does not check the CPU: see fa_cpu_supports. */
+const fa_kernel_table *fa_kernel_table_for(int isa);
+/* 1 when this CPU (and OS) can run the kernels built for `isa`. */
+int fa_cpu_supports(int isa);
+
+#define FA_DECLARE_ISA(suffix)                                                        \
+    size_t fa_scratch_bytes_f32_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t); \
+    size_t fa_scratch_bytes_f64_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t); \
+    void fa_attend_f32_##suffix(const fa_job *, void *);                              \
+    void fa_attend_f64_##suffix(const fa_job *, void *);                              \
+    int fa_lanes_f32_##suffix(void);                                                  \
+    int fa_lanes_f64_##suffix(void);
+FA_DECLARE_ISA(baseline)
+FA_DECLARE_ISA(avx2)
+FA_DECLARE_ISA(avx512)
+
+#endif /* FA_ATTENTION_H */

@@ -1,0 +1,313 @@
+/* Fused scaled-dot-product attention for one query tile, written once for any
+ * element type: fa_attention_isa.c includes this file for float and double after
+ * defining REAL, VREAL, VINT, LANES, SFX and the vector helpers V*.
+ *
+ * The algorithm (FlashAttention's online softmax, on a CPU):
+ *
+ *   pack   Qt = (scale * Q_tile)^T                          head_dim x width
+ *   for each tile of keys K_j, values V_j:
+ *       S   = K_j Qt             scores, transposed         tile_keys x width
+ *       S  += mask / -inf        causal, bool or additive mask
+ *       m'  = max(m, colmax(S))  running max per query
+ *       P   = exp(S - m')        in place, colsum -> l' = l e^(m-m') + sum P
+ *       A   = A e^(m-m') + P^T V_j                          width x value_dim
+ *   out = A / l                  (a query that saw no key gets zeros, as torch)
+ *
+ * S is kept transposed (keys x queries) so that every per-query reduction (max,
+ * sum, exp) runs down columns with whole vectors, and both matrix products are
+ * outer-product micro-kernels: a register block of FA_MICRO_ROWS x FA_MICRO_VECS
+ * vectors, one operand broadcast, the other loaded as vectors. Only Qt needs
+ * packing; K is read by broadcasts in place, V by vector loads in place (packed
+ * only when its rows are not whole vectors). Scratch is O(tile), never O(L x S).
+ */
+
+#define FN(name) FA_ISA_NAME(FA_CONCAT(name, SFX))
+
+#define FA_ROUND_UP(n, m) ((((n) + (m) - 1) / (m)) * (m))
+#define FA_SCRATCH_ALIGN 64
+
+typedef struct {
+    REAL *packed_query;  /* head_dim x tile_queries */
+    REAL *scores;        /* tile_keys x tile_queries */
+    REAL *acc;           /* tile_queries x value_dim (padded to lanes) */
+    REAL *packed_value;  /* tile_keys x value_dim (padded), used when V is not vector-ready */
+    REAL *row_max, *row_sum, *shift, *rescale;   /* tile_queries each */
+} FN(scratch);
+
+/* One place that decides the scratch layout: used to size it and to carve it up. */
+static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t head_dim,
+                         ptrdiff_t value_dim, char *base, FN(scratch) *parts)
+{
+    const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
+    const ptrdiff_t sizes[8] = {
+        head_dim * tile_queries, tile_keys * tile_queries, tile_queries * value_dim_pad,
+        tile_keys * value_dim_pad, tile_queries, tile_queries, tile_queries, tile_queries,
+    };
+    REAL **slots[8] = {
+        &parts->packed_query, &parts->scores, &parts->acc, &parts->packed_value,
+        &parts->row_max, &parts->row_sum, &parts->shift, &parts->rescale,
+    };
+    size_t offset = 0;
+    for (int k = 0; k < 8; ++k) {
+        if (base) *slots[k] = (REAL *)(base + offset);
+        offset += FA_ROUND_UP(sizes[k] * sizeof(REAL), FA_SCRATCH_ALIGN);
+    }
+    return offset;
+}
+
+size_t FN(fa_scratch_bytes)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
+                            ptrdiff_t head_dim, ptrdiff_t value_dim)
+{
+    FN(scratch) unused;
+    return FN(layout)(tile_queries, tile_keys, head_dim, value_dim, NULL, &unused);
+}
+
+int FN(fa_lanes)(void) { return LANES; }
+
+/* scores[r][c] = sum_e key[r][e] * packed_query[e][c] for a rows x (vecs * LANES)
+ * block. `rows` and `vecs` are constants at every call, so the accumulators live
+ * in registers. */
+FA_INLINE void FN(score_block)(const int rows, const int vecs,
+                               const REAL *key, ptrdiff_t key_row, ptrdiff_t key_col,
+                               const REAL *packed_query, ptrdiff_t width, ptrdiff_t head_dim,
+                               REAL *scores)
+{
+    VREAL acc[FA_MICRO_ROWS][FA_MICRO_VECS];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; ++r)
+#pragma GCC unroll 8
+        for (int c = 0; c < vecs; ++c) acc[r][c] = VSPLAT(0);
+    for (ptrdiff_t e = 0; e < head_dim; ++e) {
+        VREAL q[FA_MICRO_VECS];
+#pragma GCC unroll 8
+        for (int c = 0; c < vecs; ++c) q[c] = VLOAD(packed_query + e * width + c * LANES);
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r) {
+            const REAL k = key[r * key_row + e * key_col];
+#pragma GCC unroll 8
+            for (int c = 0; c < vecs; ++c) acc[r][c] += q[c] * k;
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; ++r)
+#pragma GCC unroll 8
+        for (int c = 0; c < vecs; ++c) VSTORE(scores + r * width + c * LANES, acc[r][c]);
+}
+
+/* acc[r] = acc[r] * rescale[r] + sum_j probs[j][r] * value[j] for a rows x
+ * (vecs * LANES) block of the accumulator; probs is the transposed P. */
+FA_INLINE void FN(value_block)(const int rows, const int vecs,
+                               const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
+                               const REAL *value, ptrdiff_t value_row,
+                               const REAL *rescale, REAL *acc, ptrdiff_t acc_row)
+{
+    VREAL a[FA_MICRO_ROWS][FA_MICRO_VECS];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; ++r)
+#pragma GCC unroll 8
+        for (int c = 0; c < vecs; ++c)
+            a[r][c] = VLOAD(acc + r * acc_row + c * LANES) * rescale[r];
+    for (ptrdiff_t j = 0; j < n_keys; ++j) {
+        VREAL v[FA_MICRO_VECS];
+#pragma GCC unroll 8
+        for (int c = 0; c < vecs; ++c) v[c] = VLOAD(value + j * value_row + c * LANES);
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r) {
+            const REAL p = probs[j * width + r];
+#pragma GCC unroll 8
+            for (int c = 0; c < vecs; ++c) a[r][c] += v[c] * p;
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; ++r)
+#pragma GCC unroll 8
+        for (int c = 0; c < vecs; ++c) VSTORE(acc + r * acc_row + c * LANES, a[r][c]);
+}
+
+/* Instantiate a block kernel for `rows` = FA_MICRO_ROWS or 1 and every `vecs`. */
+#if FA_MICRO_VECS == 4
+#define FA_DISPATCH_VECS(kernel, rows, vecs, ...)  \
+    switch (vecs) {                                \
+    case 1: kernel(rows, 1, __VA_ARGS__); break;   \
+    case 2: kernel(rows, 2, __VA_ARGS__); break;   \
+    case 3: kernel(rows, 3, __VA_ARGS__); break;   \
+    default: kernel(rows, 4, __VA_ARGS__); break;  \
+    }
+#elif FA_MICRO_VECS == 2
+#define FA_DISPATCH_VECS(kernel, rows, vecs, ...)  \
+    switch (vecs) {                                \
+    case 1: kernel(rows, 1, __VA_ARGS__); break;   \
+    default: kernel(rows, 2, __VA_ARGS__); break;  \
+    }
+#else
+#error "FA_MICRO_VECS must be 2 or 4"
+#endif
+
+/* scores (n_keys x width) = key (n_keys x head_dim) . packed_query (head_dim x width) */
+static void FN(compute_scores)(const REAL *key, ptrdiff_t key_row, ptrdiff_t key_col,
+                               ptrdiff_t n_keys, const REAL *packed_query, ptrdiff_t width,
+                               ptrdiff_t head_dim, REAL *scores)
+{
+    const ptrdiff_t n_vecs = width / LANES;
+    for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_MICRO_VECS) {
+        const int vecs = (int)(n_vecs - c0 < FA_MICRO_VECS ? n_vecs - c0 : FA_MICRO_VECS);
+        const REAL *q = packed_query + c0 * LANES;
+        REAL *s = scores + c0 * LANES;
+        ptrdiff_t j = 0;
+        for (; j + FA_MICRO_ROWS <= n_keys; j += FA_MICRO_ROWS)
+            FA_DISPATCH_VECS(FN(score_block), FA_MICRO_ROWS, vecs, key + j * key_row,
+                             key_row, key_col, q, width, head_dim, s + j * width)
+        for (; j < n_keys; ++j)
+            FA_DISPATCH_VECS(FN(score_block), 1, vecs, key + j * key_row,
+                             key_row, key_col, q, width, head_dim, s + j * width)
+    }
+}
+
+/* acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value */
+static void FN(accumulate_values)(const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
+                                  ptrdiff_t n_queries, const REAL *value, ptrdiff_t value_row,
+                                  ptrdiff_t value_dim_pad, const REAL *rescale, REAL *acc)
+{
+    const ptrdiff_t n_vecs = value_dim_pad / LANES;
+    for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_MICRO_VECS) {
+        const int vecs = (int)(n_vecs - c0 < FA_MICRO_VECS ? n_vecs - c0 : FA_MICRO_VECS);
+        const REAL *v = value + c0 * LANES;
+        REAL *a = acc + c0 * LANES;
+        ptrdiff_t i = 0;
+        for (; i + FA_MICRO_ROWS <= n_queries; i += FA_MICRO_ROWS)
+            FA_DISPATCH_VECS(FN(value_block), FA_MICRO_ROWS, vecs, probs + i, width, n_keys,
+                             v, value_row, rescale + i, a + i * value_dim_pad, value_dim_pad)
+        for (; i < n_queries; ++i)
+            FA_DISPATCH_VECS(FN(value_block), 1, vecs, probs + i, width, n_keys,
+                             v, value_row, rescale + i, a + i * value_dim_pad, value_dim_pad)
+    }
+}
+
+/* Mask the scores of keys [key_start, key_start + n_keys) in place. */
+static void FN(apply_masks)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                            ptrdiff_t width, REAL *scores)
+{
+    const ptrdiff_t q0 = job->query_start, nq = job->n_queries;
+    if (job->is_causal && key_start + n_keys - 1 > q0) {
+        /* key j hides from the queries before it: a prefix of each row of S */
+        for (ptrdiff_t j = 0; j < n_keys; ++j) {
+            ptrdiff_t hidden = key_start + j - q0;
+            if (hidden <= 0) continue;
+            if (hidden > width) hidden = width;
+            for (ptrdiff_t i = 0; i < hidden; ++i) scores[j * width + i] = -INFINITY;
+        }
+    }
+    if (job->mask_kind == FA_MASK_NONE) return;
+    const ptrdiff_t m_row = job->mask_row_stride, m_col = job->mask_col_stride;
+    for (ptrdiff_t j = 0; j < n_keys; ++j) {
+        REAL *s = scores + j * width;
+        const ptrdiff_t at = q0 * m_row + (key_start + j) * m_col;
+        if (job->mask_kind == FA_MASK_BOOL) {
+            const unsigned char *m = (const unsigned char *)job->mask + at;
+            for (ptrdiff_t i = 0; i < nq; ++i)
+                if (!m[i * m_row]) s[i] = -INFINITY;
+        } else {
+            const REAL *m = (const REAL *)job->mask + at;
+            for (ptrdiff_t i = 0; i < nq; ++i) s[i] += m[i * m_row];
+        }
+    }
+}
+
+/* The online-softmax step for one tile of scores: update the running max and
+ * sum, turn scores into probabilities in place, and leave in `rescale` the
+ * factor e^(m - m') by which the accumulator must shrink. */
+static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
+                               REAL *row_max, REAL *row_sum, REAL *shift, REAL *rescale)
+{
+    for (ptrdiff_t c = 0; c < width; c += LANES) {
+        VREAL tile_max = VSPLAT(-INFINITY);
+        for (ptrdiff_t j = 0; j < n_keys; ++j)
+            tile_max = VMAX(tile_max, VLOAD(scores + j * width + c));
+        const VREAL old_max = VLOAD(row_max + c);
+        const VREAL new_max = VMAX(old_max, tile_max);
+        /* a query that has seen only masked keys keeps max -inf; shifting by 0
+         * instead keeps exp(-inf - shift) = 0 rather than NaN */
+        const VREAL s = VWHERE((VINT)(new_max == VSPLAT(-INFINITY)), VSPLAT(0), new_max);
+        const VREAL shrink = VEXP(old_max - s);
+        VREAL sum = VSPLAT(0);
+        for (ptrdiff_t j = 0; j < n_keys; ++j) {
+            const VREAL p = VEXP(VLOAD(scores + j * width + c) - s);
+            VSTORE(scores + j * width + c, p);
+            sum += p;
+        }
+        VSTORE(row_max + c, new_max);
+        VSTORE(shift + c, s);
+        VSTORE(rescale + c, shrink);
+        VSTORE(row_sum + c, VLOAD(row_sum + c) * shrink + sum);
+    }
+}
+
+void FN(fa_attend)(const fa_job *job, void *scratch_memory)
+{
+    const ptrdiff_t nq = job->n_queries, q0 = job->query_start;
+    const ptrdiff_t head_dim = job->head_dim, value_dim = job->value_dim;
+    const ptrdiff_t width = FA_ROUND_UP(nq, LANES);
+    const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
+    FN(scratch) w;
+    FN(layout)(job->tile_queries, job->tile_keys, head_dim, value_dim,
+               (char *)scratch_memory, &w);
+
+    /* Qt = scale * Q^T, zero-padded to whole vectors */
+    const REAL *query = (const REAL *)job->query + q0 * job->query_row_stride;
+    const REAL scale = (REAL)job->scale;
+    for (ptrdiff_t e = 0; e < head_dim; ++e) {
+        REAL *qt = w.packed_query + e * width;
+        for (ptrdiff_t i = 0; i < nq; ++i)
+            qt[i] = query[i * job->query_row_stride + e * job->query_col_stride] * scale;
+        for (ptrdiff_t i = nq; i < width; ++i) qt[i] = 0;
+    }
+    for (ptrdiff_t i = 0; i < width; ++i) {
+        w.row_max[i] = -INFINITY;
+        w.row_sum[i] = 0;
+    }
+    memset(w.acc, 0, (size_t)(nq * value_dim_pad) * sizeof(REAL));
+
+    /* under the causal mask the keys after the tile's last query are never seen */
+    ptrdiff_t n_keys = job->n_keys;
+    if (job->is_causal && q0 + nq < n_keys) n_keys = q0 + nq;
+
+    /* V is used in place when its rows are whole contiguous vectors */
+    const int pack_value = job->value_col_stride != 1 || value_dim % LANES != 0;
+    const REAL *value = (const REAL *)job->value;
+    const REAL *key = (const REAL *)job->key;
+
+    for (ptrdiff_t k0 = 0; k0 < n_keys; k0 += job->tile_keys) {
+        const ptrdiff_t nk = n_keys - k0 < job->tile_keys ? n_keys - k0 : job->tile_keys;
+        FN(compute_scores)(key + k0 * job->key_row_stride, job->key_row_stride,
+                           job->key_col_stride, nk, w.packed_query, width, head_dim, w.scores);
+        FN(apply_masks)(job, k0, nk, width, w.scores);
+        FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
+
+        const REAL *v = value + k0 * job->value_row_stride;
+        ptrdiff_t v_row = job->value_row_stride;
+        if (pack_value) {
+            for (ptrdiff_t j = 0; j < nk; ++j) {
+                REAL *dst = w.packed_value + j * value_dim_pad;
+                for (ptrdiff_t c = 0; c < value_dim; ++c)
+                    dst[c] = v[j * job->value_row_stride + c * job->value_col_stride];
+                for (ptrdiff_t c = value_dim; c < value_dim_pad; ++c) dst[c] = 0;
+            }
+            v = w.packed_value;
+            v_row = value_dim_pad;
+        }
+        FN(accumulate_values)(w.scores, width, nk, nq, v, v_row, value_dim_pad,
+                              w.rescale, w.acc);
+    }
+
+    REAL *out = (REAL *)job->out + q0 * job->out_row_stride;
+    for (ptrdiff_t i = 0; i < nq; ++i) {
+        const REAL l = w.row_sum[i];
+        const REAL inv = l == 0 ? 0 : 1 / l;   /* fully masked row: zeros, as torch */
+        const REAL *a = w.acc + i * value_dim_pad;
+        REAL *o = out + i * job->out_row_stride;
+        for (ptrdiff_t c = 0; c < value_dim; ++c) o[c] = a[c] * inv;
+    }
+}
+
+#undef FN
+#undef FA_DISPATCH_VECS

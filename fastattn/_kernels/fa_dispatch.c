@@ -1,0 +1,59 @@
+/* Run-time choice among the kernel objects built for each instruction set.
+ * Compiled for baseline x86-64 like the rest of the extension: only the objects
+ * named in fa_attention_isa.c carry AVX2 / AVX-512 code. */
+#include <stddef.h>
+
+#include "fa_attention.h"
+
+#define FA_TABLE(suffix)                                                           \
+    {#suffix, 0, 0, fa_scratch_bytes_f32_##suffix, fa_scratch_bytes_f64_##suffix, \
+     fa_attend_f32_##suffix, fa_attend_f64_##suffix}
+
+static fa_kernel_table tables[FA_N_ISAS] = {
+    FA_TABLE(baseline),
+#if defined(FA_HAVE_X86_ISAS)
+    FA_TABLE(avx2),
+    FA_TABLE(avx512),
+#endif
+};
+
+const fa_kernel_table *fa_kernel_table_for(int isa)
+{
+    if (isa < 0 || isa >= FA_N_ISAS || tables[isa].attend_f32 == NULL) return NULL;
+    /* the lane counts come from the objects themselves, so they cannot disagree */
+    if (tables[isa].lanes_f32 == 0) {
+        switch (isa) {
+        case FA_ISA_BASELINE:
+            tables[isa].lanes_f32 = fa_lanes_f32_baseline();
+            tables[isa].lanes_f64 = fa_lanes_f64_baseline();
+            break;
+#if defined(FA_HAVE_X86_ISAS)
+        case FA_ISA_AVX2:
+            tables[isa].lanes_f32 = fa_lanes_f32_avx2();
+            tables[isa].lanes_f64 = fa_lanes_f64_avx2();
+            break;
+        case FA_ISA_AVX512:
+            tables[isa].lanes_f32 = fa_lanes_f32_avx512();
+            tables[isa].lanes_f64 = fa_lanes_f64_avx512();
+            break;
+#endif
+        }
+    }
+    return &tables[isa];
+}
+
+int fa_cpu_supports(int isa)
+{
+    if (isa == FA_ISA_BASELINE) return 1;
+#if defined(FA_HAVE_X86_ISAS) && (defined(__GNUC__) || defined(__clang__))
+    /* __builtin_cpu_supports also checks that the OS saves the wide registers */
+    __builtin_cpu_init();
+    if (isa == FA_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == FA_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return 0;
+}

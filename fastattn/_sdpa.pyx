@@ -1,0 +1,131 @@
+"""Parallel driver of the fused attention kernels.
+
+Everything arriving here has been validated by ``fastattn.attention``: shapes
+agree, dtypes match, offsets and strides address memory inside the arrays. The
+driver cuts the problem into jobs (one query tile of one batch-and-head each),
+hands them to an OpenMP loop with one O(tile) scratch buffer per thread, and
+calls the C kernel of the chosen instruction set for each job, without the GIL.
+"""
+cimport numpy as cnp
+from cython.parallel cimport parallel, prange
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+
+from fastattn._kernels cimport (
+    FA_ISA_AVX2, FA_ISA_AVX512, FA_ISA_BASELINE, FA_MASK_ADDITIVE, FA_MASK_BOOL,
+    FA_MASK_NONE, FA_N_ISAS, fa_attend_fn, fa_cpu_supports, fa_job, fa_kernel_table,
+    fa_kernel_table_for, fa_openmp_enabled, fa_openmp_max_threads,
+)
+
+cnp.import_array()
+
+ISA_NAMES = ("baseline", "avx2", "avx512")
+MASK_NONE, MASK_BOOL, MASK_ADDITIVE = FA_MASK_NONE, FA_MASK_BOOL, FA_MASK_ADDITIVE
+
+
+def built_isas():
+    """Names of the instruction sets this build has kernels for."""
+    return tuple(ISA_NAMES[i] for i in range(FA_N_ISAS) if fa_kernel_table_for(i) != NULL)
+
+
+def cpu_supports(str name):
+    """Whether this CPU can run the kernels built for ``name``."""
+    return bool(fa_cpu_supports(ISA_NAMES.index(name)))
+
+
+def lanes(str name, bint is_f64):
+    """Vector lanes of the kernels for ``name``: query tiles are a multiple of it."""
+    cdef const fa_kernel_table *table = fa_kernel_table_for(ISA_NAMES.index(name))
+    return table.lanes_f64 if is_f64 else table.lanes_f32
+
+
+def openmp_enabled():
+    return bool(fa_openmp_enabled())
+
+
+def max_threads():
+    """OpenMP's default team size (honours OMP_NUM_THREADS); 1 without OpenMP."""
+    return fa_openmp_max_threads()
+
+
+cdef inline void _run_job(const fa_job *template, fa_attend_fn attend, Py_ssize_t job_index,
+                          Py_ssize_t n_batch, Py_ssize_t n_tiles,
+                          const int64_t[:, ::1] offsets, Py_ssize_t out_batch_bytes,
+                          void *scratch) noexcept nogil:
+    cdef fa_job job = template[0]
+    # heaviest tiles first (the last ones, under a causal mask) for a balanced finish
+    cdef Py_ssize_t batch = job_index % n_batch
+    cdef Py_ssize_t tile = n_tiles - 1 - job_index // n_batch
+    cdef Py_ssize_t n_queries_total = template.n_queries
+    job.query = <const char *>template.query + offsets[batch, 0]
+    job.key = <const char *>template.key + offsets[batch, 1]
+    job.value = <const char *>template.value + offsets[batch, 2]
+    if template.mask != NULL:
+        job.mask = <const char *>template.mask + offsets[batch, 3]
+    job.out = <char *>template.out + batch * out_batch_bytes
+    job.query_start = tile * template.tile_queries
+    job.n_queries = min(template.tile_queries, n_queries_total - job.query_start)
+    attend(&job, scratch)
+
+
+def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
+           cnp.ndarray out, const int64_t[:, ::1] offsets, tuple strides,
+           int mask_kind, bint is_causal, double scale, Py_ssize_t n_queries,
+           Py_ssize_t n_keys, Py_ssize_t head_dim, Py_ssize_t value_dim,
+           Py_ssize_t tile_queries, Py_ssize_t tile_keys, str isa, int num_threads):
+    """Fill ``out`` (n_batch, n_queries, value_dim), C-contiguous, with attention.
+
+    ``offsets[b]`` holds the byte offsets of batch entry ``b`` in query, key,
+    value and mask; ``strides`` the row and column strides, in elements, of
+    query, key, value and mask (``out`` rows are ``value_dim`` apart).
+    """
+    cdef const fa_kernel_table *table = fa_kernel_table_for(ISA_NAMES.index(isa))
+    cdef bint is_f64 = query.dtype.itemsize == 8
+    cdef fa_attend_fn attend_fn = table.attend_f64 if is_f64 else table.attend_f32
+    cdef size_t scratch_bytes = (table.scratch_bytes_f64 if is_f64 else table.scratch_bytes_f32)(
+        tile_queries, tile_keys, head_dim, value_dim)
+    cdef Py_ssize_t n_batch = offsets.shape[0]
+    cdef Py_ssize_t n_tiles = (n_queries + tile_queries - 1) // tile_queries
+    cdef Py_ssize_t n_jobs = n_batch * n_tiles
+    cdef Py_ssize_t out_batch_bytes = n_queries * value_dim * query.dtype.itemsize
+    if n_jobs == 0 or value_dim == 0:
+        return
+
+    cdef fa_job template
+    template.query = cnp.PyArray_DATA(query)
+    template.key = cnp.PyArray_DATA(key)
+    template.value = cnp.PyArray_DATA(value)
+    template.out = cnp.PyArray_DATA(out)
+    template.mask = NULL if mask is None else cnp.PyArray_DATA(<cnp.ndarray>mask)
+    (template.query_row_stride, template.query_col_stride,
+     template.key_row_stride, template.key_col_stride,
+     template.value_row_stride, template.value_col_stride,
+     template.mask_row_stride, template.mask_col_stride) = strides
+    template.out_row_stride = value_dim
+    template.mask_kind = mask_kind
+    template.is_causal = is_causal
+    template.n_queries = n_queries      # _run_job narrows it to one tile
+    template.n_keys = n_keys
+    template.head_dim = head_dim
+    template.value_dim = value_dim
+    template.tile_queries = tile_queries
+    template.tile_keys = tile_keys
+    template.scale = scale
+
+    cdef int n_threads = <int>min(num_threads, n_jobs)
+    cdef Py_ssize_t job_index
+    cdef void *scratch
+    cdef int allocation_failed[1]
+    allocation_failed[0] = 0
+    with nogil, parallel(num_threads=n_threads):
+        scratch = malloc(scratch_bytes)
+        if scratch == NULL:
+            allocation_failed[0] = 1
+        for job_index in prange(n_jobs, schedule="dynamic"):
+            if scratch != NULL:
+                _run_job(&template, attend_fn, job_index, n_batch, n_tiles, offsets,
+                         out_batch_bytes, scratch)
+        free(scratch)
+    # end of the nogil parallel block
+    if allocation_failed[0]:
+        raise MemoryError(f"fastattn: could not allocate {scratch_bytes} bytes of scratch per thread")

@@ -1,0 +1,55 @@
+"""Which instruction set the kernels run with.
+
+The build compiles the kernels for baseline x86-64, AVX2+FMA and AVX-512; at
+import the best one this CPU supports is chosen, unless ``FASTATTN_SIMD`` names
+one (``baseline``, ``avx2`` or ``avx512``), which tests and benchmarks use.
+"""
+import contextlib
+import os
+
+from fastattn import _sdpa
+
+PREFERENCE = ("avx512", "avx2", "baseline")
+
+
+def available():
+    """Instruction sets that are both built and supported by this CPU, best first."""
+    built = _sdpa.built_isas()
+    return tuple(name for name in PREFERENCE if name in built and _sdpa.cpu_supports(name))
+
+
+def _check(name):
+    if name not in _sdpa.ISA_NAMES:
+        raise ValueError(f"unknown SIMD path {name!r}; expected one of {_sdpa.ISA_NAMES}")
+    if name not in available():
+        raise ValueError(f"SIMD path {name!r} is not available here; available: {available()}")
+    return name
+
+
+def _initial():
+    forced = os.environ.get("FASTATTN_SIMD", "").strip().lower()
+    if forced:
+        try:
+            return _check(forced)
+        except ValueError as err:
+            raise ImportError(f"FASTATTN_SIMD={forced!r}: {err}") from None
+    return available()[0]
+
+
+_active = _initial()
+
+
+def active():
+    """The instruction set the kernels use now."""
+    return _active
+
+
+@contextlib.contextmanager
+def forced(name):
+    """Run the enclosed code with the kernels for ``name`` (for tests and benchmarks)."""
+    global _active
+    previous, _active = _active, _check(name)
+    try:
+        yield name
+    finally:
+        _active = previous
