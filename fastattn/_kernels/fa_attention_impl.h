@@ -15,8 +15,9 @@
  *
  * S is kept transposed (keys x queries) so that every per-query reduction (max,
  * sum, exp) runs down columns with whole vectors, and both matrix products are
- * outer-product micro-kernels: a register block of FA_MICRO_ROWS x FA_MICRO_VECS
- * vectors, one operand broadcast, the other loaded as vectors. Only Qt needs
+ * outer-product micro-kernels: a register block of rows x vectors of
+ * accumulators (FA_SCORE_*, FA_VALUE_* in fa_simd.h), one operand broadcast, the
+ * other loaded as vectors. Only Qt needs
  * packing; K is read by broadcasts in place, V by vector loads in place (packed
  * only when its rows are not whole vectors). Scratch is O(tile), never O(L x S).
  */
@@ -67,18 +68,18 @@ int FN(fa_lanes)(void) { return LANES; }
 /* scores[r][c] = sum_e key[r][e] * packed_query[e][c] for a rows x (vecs * LANES)
  * block. `rows` and `vecs` are constants at every call, so the accumulators live
  * in registers. */
-FA_INLINE void FN(score_block)(const int rows, const int vecs,
+FA_INLINE void FN(score_block)(const int vecs, const int rows,
                                const REAL *key, ptrdiff_t key_row, ptrdiff_t key_col,
                                const REAL *packed_query, ptrdiff_t width, ptrdiff_t head_dim,
                                REAL *scores)
 {
-    VREAL acc[FA_MICRO_ROWS][FA_MICRO_VECS];
+    VREAL acc[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
     for (int r = 0; r < rows; ++r)
 #pragma GCC unroll 8
         for (int c = 0; c < vecs; ++c) acc[r][c] = VSPLAT(0);
     for (ptrdiff_t e = 0; e < head_dim; ++e) {
-        VREAL q[FA_MICRO_VECS];
+        VREAL q[FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
         for (int c = 0; c < vecs; ++c) q[c] = VLOAD(packed_query + e * width + c * LANES);
 #pragma GCC unroll 8
@@ -95,20 +96,23 @@ FA_INLINE void FN(score_block)(const int rows, const int vecs,
 }
 
 /* acc[r] = acc[r] * rescale[r] + sum_j probs[j][r] * value[j] for a rows x
- * (vecs * LANES) block of the accumulator; probs is the transposed P. */
-FA_INLINE void FN(value_block)(const int rows, const int vecs,
+ * (vecs * LANES) block of the accumulator; probs is the transposed P; a NULL
+ * rescale leaves the accumulator as it is. */
+FA_INLINE void FN(value_block)(const int vecs, const int rows,
                                const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
                                const REAL *value, ptrdiff_t value_row,
                                const REAL *rescale, REAL *acc, ptrdiff_t acc_row)
 {
-    VREAL a[FA_MICRO_ROWS][FA_MICRO_VECS];
+    VREAL a[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
     for (int r = 0; r < rows; ++r)
 #pragma GCC unroll 8
-        for (int c = 0; c < vecs; ++c)
-            a[r][c] = VLOAD(acc + r * acc_row + c * LANES) * rescale[r];
+        for (int c = 0; c < vecs; ++c) {
+            a[r][c] = VLOAD(acc + r * acc_row + c * LANES);
+            if (rescale) a[r][c] *= rescale[r];
+        }
     for (ptrdiff_t j = 0; j < n_keys; ++j) {
-        VREAL v[FA_MICRO_VECS];
+        VREAL v[FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
         for (int c = 0; c < vecs; ++c) v[c] = VLOAD(value + j * value_row + c * LANES);
 #pragma GCC unroll 8
@@ -124,24 +128,15 @@ FA_INLINE void FN(value_block)(const int rows, const int vecs,
         for (int c = 0; c < vecs; ++c) VSTORE(acc + r * acc_row + c * LANES, a[r][c]);
 }
 
-/* Instantiate a block kernel for `rows` = FA_MICRO_ROWS or 1 and every `vecs`. */
-#if FA_MICRO_VECS == 4
-#define FA_DISPATCH_VECS(kernel, rows, vecs, ...)  \
-    switch (vecs) {                                \
-    case 1: kernel(rows, 1, __VA_ARGS__); break;   \
-    case 2: kernel(rows, 2, __VA_ARGS__); break;   \
-    case 3: kernel(rows, 3, __VA_ARGS__); break;   \
-    default: kernel(rows, 4, __VA_ARGS__); break;  \
+/* Call a block kernel with `vecs` (1 to 4) as a constant, so each case compiles
+ * to its own register-blocked loop; callers never exceed the ISA's block width. */
+#define FA_DISPATCH_VECS(kernel, vecs, ...)  \
+    switch (vecs) {                          \
+    case 1: kernel(1, __VA_ARGS__); break;   \
+    case 2: kernel(2, __VA_ARGS__); break;   \
+    case 3: kernel(3, __VA_ARGS__); break;   \
+    default: kernel(4, __VA_ARGS__); break;  \
     }
-#elif FA_MICRO_VECS == 2
-#define FA_DISPATCH_VECS(kernel, rows, vecs, ...)  \
-    switch (vecs) {                                \
-    case 1: kernel(rows, 1, __VA_ARGS__); break;   \
-    default: kernel(rows, 2, __VA_ARGS__); break;  \
-    }
-#else
-#error "FA_MICRO_VECS must be 2 or 4"
-#endif
 
 /* scores (n_keys x width) = key (n_keys x head_dim) . packed_query (head_dim x width) */
 static void FN(compute_scores)(const REAL *key, ptrdiff_t key_row, ptrdiff_t key_col,
@@ -149,37 +144,47 @@ static void FN(compute_scores)(const REAL *key, ptrdiff_t key_row, ptrdiff_t key
                                ptrdiff_t head_dim, REAL *scores)
 {
     const ptrdiff_t n_vecs = width / LANES;
-    for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_MICRO_VECS) {
-        const int vecs = (int)(n_vecs - c0 < FA_MICRO_VECS ? n_vecs - c0 : FA_MICRO_VECS);
+    for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_SCORE_VECS) {
+        const int vecs = (int)(n_vecs - c0 < FA_SCORE_VECS ? n_vecs - c0 : FA_SCORE_VECS);
         const REAL *q = packed_query + c0 * LANES;
         REAL *s = scores + c0 * LANES;
         ptrdiff_t j = 0;
-        for (; j + FA_MICRO_ROWS <= n_keys; j += FA_MICRO_ROWS)
-            FA_DISPATCH_VECS(FN(score_block), FA_MICRO_ROWS, vecs, key + j * key_row,
+        for (; j + FA_SCORE_ROWS <= n_keys; j += FA_SCORE_ROWS)
+            FA_DISPATCH_VECS(FN(score_block), vecs, FA_SCORE_ROWS, key + j * key_row,
                              key_row, key_col, q, width, head_dim, s + j * width)
         for (; j < n_keys; ++j)
-            FA_DISPATCH_VECS(FN(score_block), 1, vecs, key + j * key_row,
+            FA_DISPATCH_VECS(FN(score_block), vecs, 1, key + j * key_row,
                              key_row, key_col, q, width, head_dim, s + j * width)
     }
 }
 
-/* acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value */
+/* acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
+ * The keys are walked in chunks of FA_VALUE_CHUNK so that the panel of V a
+ * register block streams through (chunk x block width) stays in L1. */
 static void FN(accumulate_values)(const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
                                   ptrdiff_t n_queries, const REAL *value, ptrdiff_t value_row,
                                   ptrdiff_t value_dim_pad, const REAL *rescale, REAL *acc)
 {
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
-    for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_MICRO_VECS) {
-        const int vecs = (int)(n_vecs - c0 < FA_MICRO_VECS ? n_vecs - c0 : FA_MICRO_VECS);
-        const REAL *v = value + c0 * LANES;
-        REAL *a = acc + c0 * LANES;
-        ptrdiff_t i = 0;
-        for (; i + FA_MICRO_ROWS <= n_queries; i += FA_MICRO_ROWS)
-            FA_DISPATCH_VECS(FN(value_block), FA_MICRO_ROWS, vecs, probs + i, width, n_keys,
-                             v, value_row, rescale + i, a + i * value_dim_pad, value_dim_pad)
-        for (; i < n_queries; ++i)
-            FA_DISPATCH_VECS(FN(value_block), 1, vecs, probs + i, width, n_keys,
-                             v, value_row, rescale + i, a + i * value_dim_pad, value_dim_pad)
+    for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
+        const ptrdiff_t nk = n_keys - j0 < FA_VALUE_CHUNK ? n_keys - j0 : FA_VALUE_CHUNK;
+        const REAL *p = probs + j0 * width;
+        /* the accumulator shrinks once, on the first chunk */
+        const REAL *shrink = j0 == 0 ? rescale : NULL;
+        for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_VALUE_VECS) {
+            const int vecs = (int)(n_vecs - c0 < FA_VALUE_VECS ? n_vecs - c0 : FA_VALUE_VECS);
+            const REAL *v = value + j0 * value_row + c0 * LANES;
+            REAL *a = acc + c0 * LANES;
+            ptrdiff_t i = 0;
+            for (; i + FA_VALUE_ROWS <= n_queries; i += FA_VALUE_ROWS)
+                FA_DISPATCH_VECS(FN(value_block), vecs, FA_VALUE_ROWS, p + i, width, nk, v,
+                                 value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad,
+                                 value_dim_pad)
+            for (; i < n_queries; ++i)
+                FA_DISPATCH_VECS(FN(value_block), vecs, 1, p + i, width, nk, v,
+                                 value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad,
+                                 value_dim_pad)
+        }
     }
 }
 
@@ -213,32 +218,56 @@ static void FN(apply_masks)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_
     }
 }
 
-/* The online-softmax step for one tile of scores: update the running max and
- * sum, turn scores into probabilities in place, and leave in `rescale` the
- * factor e^(m - m') by which the accumulator must shrink. */
+/* The online-softmax step for `vecs` vectors of query columns: update the
+ * running max and sum, turn scores into probabilities in place, and leave in
+ * `rescale` the factor e^(m - m') by which the accumulator must shrink. The
+ * columns are independent, so `vecs` of them in flight hide the latency of the
+ * max and sum chains. */
+FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_keys,
+                                   ptrdiff_t width, REAL *row_max, REAL *row_sum,
+                                   REAL *shift, REAL *rescale)
+{
+    VREAL tile_max[FA_MAX_BLOCK_VECS], s[FA_MAX_BLOCK_VECS], sum[FA_MAX_BLOCK_VECS];
+#pragma GCC unroll 4
+    for (int c = 0; c < vecs; ++c) tile_max[c] = VSPLAT(-INFINITY);
+    for (ptrdiff_t j = 0; j < n_keys; ++j)
+#pragma GCC unroll 4
+        for (int c = 0; c < vecs; ++c)
+            tile_max[c] = VMAX(tile_max[c], VLOAD(scores + j * width + c * LANES));
+#pragma GCC unroll 4
+    for (int c = 0; c < vecs; ++c) {
+        const VREAL old_max = VLOAD(row_max + c * LANES);
+        const VREAL new_max = VMAX(old_max, tile_max[c]);
+        /* a query that has seen only masked keys keeps max -inf; shifting by 0
+         * instead keeps exp(-inf - shift) = 0 rather than NaN */
+        s[c] = VWHERE((VINT)(new_max == VSPLAT(-INFINITY)), VSPLAT(0), new_max);
+        VSTORE(row_max + c * LANES, new_max);
+        VSTORE(shift + c * LANES, s[c]);
+        VSTORE(rescale + c * LANES, VEXP(old_max - s[c]));
+        sum[c] = VSPLAT(0);
+    }
+    for (ptrdiff_t j = 0; j < n_keys; ++j)
+#pragma GCC unroll 4
+        for (int c = 0; c < vecs; ++c) {
+            REAL *at = scores + j * width + c * LANES;
+            const VREAL p = VEXP(VLOAD(at) - s[c]);
+            VSTORE(at, p);
+            sum[c] += p;
+        }
+#pragma GCC unroll 4
+    for (int c = 0; c < vecs; ++c)
+        VSTORE(row_sum + c * LANES,
+               VLOAD(row_sum + c * LANES) * VLOAD(rescale + c * LANES) + sum[c]);
+}
+
 static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
                                REAL *row_max, REAL *row_sum, REAL *shift, REAL *rescale)
 {
-    for (ptrdiff_t c = 0; c < width; c += LANES) {
-        VREAL tile_max = VSPLAT(-INFINITY);
-        for (ptrdiff_t j = 0; j < n_keys; ++j)
-            tile_max = VMAX(tile_max, VLOAD(scores + j * width + c));
-        const VREAL old_max = VLOAD(row_max + c);
-        const VREAL new_max = VMAX(old_max, tile_max);
-        /* a query that has seen only masked keys keeps max -inf; shifting by 0
-         * instead keeps exp(-inf - shift) = 0 rather than NaN */
-        const VREAL s = VWHERE((VINT)(new_max == VSPLAT(-INFINITY)), VSPLAT(0), new_max);
-        const VREAL shrink = VEXP(old_max - s);
-        VREAL sum = VSPLAT(0);
-        for (ptrdiff_t j = 0; j < n_keys; ++j) {
-            const VREAL p = VEXP(VLOAD(scores + j * width + c) - s);
-            VSTORE(scores + j * width + c, p);
-            sum += p;
-        }
-        VSTORE(row_max + c, new_max);
-        VSTORE(shift + c, s);
-        VSTORE(rescale + c, shrink);
-        VSTORE(row_sum + c, VLOAD(row_sum + c) * shrink + sum);
+    for (ptrdiff_t c0 = 0; c0 < width; c0 += FA_MAX_BLOCK_VECS * LANES) {
+        const ptrdiff_t left = (width - c0) / LANES;
+        const int vecs = (int)(left < FA_MAX_BLOCK_VECS ? left : FA_MAX_BLOCK_VECS);
+        FA_DISPATCH_VECS(FN(softmax_columns), vecs, scores + c0, n_keys, width,
+                         row_max + c0, row_sum + c0, shift + c0, rescale + c0)
     }
 }
 

@@ -19,7 +19,7 @@
 #define VSPLAT splat_f32
 #define VWHERE where_f32
 #define VMAX max_f32
-#define VEXP exp_f32
+#define VEXP exp_nonpositive_f32
 #include "fa_attention_impl.h"
 #undef REAL
 #undef VREAL
@@ -43,5 +43,5 @@
 #define VSPLAT splat_f64
 #define VWHERE where_f64
 #define VMAX max_f64
-#define VEXP exp_f64
+#define VEXP exp_nonpositive_f64
 #include "fa_attention_impl.h"

@@ -13,22 +13,39 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Register blocks of the two matrix products, rows x vectors of accumulators:
+ * scores (keys x queries) and values (queries x value columns). */
 #if defined(FA_BUILD_AVX512)
 #  define FA_VEC_BYTES 64
 #  define FA_ISA_SUFFIX avx512
-#  define FA_MICRO_ROWS 6     /* rows per register block (32 zmm registers) */
-#  define FA_MICRO_VECS 4     /* vectors per register block */
+#  ifndef FA_SCORE_ROWS       /* 32 zmm registers: 24 accumulators + operands */
+#    define FA_SCORE_ROWS 6
+#    define FA_SCORE_VECS 4
+#  endif
+#  ifndef FA_VALUE_ROWS
+#    define FA_VALUE_ROWS 6
+#    define FA_VALUE_VECS 4
+#  endif
 #elif defined(FA_BUILD_AVX2)
 #  define FA_VEC_BYTES 32
 #  define FA_ISA_SUFFIX avx2
-#  define FA_MICRO_ROWS 6     /* 16 ymm registers: 12 accumulators + 3 operands */
-#  define FA_MICRO_VECS 2
+#  define FA_SCORE_ROWS 6     /* 16 ymm registers: 12 accumulators + 3 operands */
+#  define FA_SCORE_VECS 2
+#  define FA_VALUE_ROWS 6
+#  define FA_VALUE_VECS 2
 #else
 #  define FA_VEC_BYTES 16
 #  define FA_ISA_SUFFIX baseline
-#  define FA_MICRO_ROWS 4     /* 16 xmm registers, no FMA: mul + add need temporaries */
-#  define FA_MICRO_VECS 2
+#  define FA_SCORE_ROWS 4     /* 16 xmm registers, no FMA: mul + add need temporaries */
+#  define FA_SCORE_VECS 2
+#  define FA_VALUE_ROWS 4
+#  define FA_VALUE_VECS 2
 #endif
+#ifndef FA_VALUE_CHUNK
+#  define FA_VALUE_CHUNK 64   /* keys per pass of the value product: its V panel stays in L1 */
+#endif
+#define FA_MAX_BLOCK_ROWS 12
+#define FA_MAX_BLOCK_VECS 4
 
 #define FA_CONCAT_(a, b) a##_##b
 #define FA_CONCAT(a, b) FA_CONCAT_(a, b)
@@ -60,45 +77,121 @@ FA_INLINE vf32 where_f32(vi32 mask, vf32 a, vf32 b) {
 FA_INLINE vf64 where_f64(vi64 mask, vf64 a, vf64 b) {
     return (vf64)((mask & (vi64)a) | (~mask & (vi64)b));
 }
-/* max that keeps a NaN in `b`: scores are passed as `b` so NaN inputs stay visible */
+
+/* max(a, b), min(a, b), and keep_at_least(x, bound, y) = (x < bound ? 0 : y).
+ * With x86 instructions where GCC does not find them from generic vector code.
+ * NaN: max/min return `b` when either is NaN (pass scores as `b`), and
+ * keep_at_least keeps y when x is NaN, so NaN inputs stay visible in the output. */
+#if defined(FA_BUILD_AVX512)
+#  include <immintrin.h>
+FA_INLINE vf32 max_f32(vf32 a, vf32 b) { return (vf32)_mm512_max_ps((__m512)a, (__m512)b); }
+FA_INLINE vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm512_max_pd((__m512d)a, (__m512d)b); }
+FA_INLINE vf32 min_f32(vf32 a, vf32 b) { return (vf32)_mm512_min_ps((__m512)a, (__m512)b); }
+FA_INLINE vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d)a, (__m512d)b); }
+FA_INLINE vf32 keep_at_least_f32(vf32 x, float bound, vf32 y) {
+    __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(bound), _CMP_NLT_UQ);
+    return (vf32)_mm512_maskz_mov_ps(keep, (__m512)y);
+}
+FA_INLINE vf64 keep_at_least_f64(vf64 x, double bound, vf64 y) {
+    __mmask8 keep = _mm512_cmp_pd_mask((__m512d)x, _mm512_set1_pd(bound), _CMP_NLT_UQ);
+    return (vf64)_mm512_maskz_mov_pd(keep, (__m512d)y);
+}
+/* x < bound ? 0 : p * 2^n, n integral; one vscalef instead of building 2^n */
+FA_INLINE vf32 scale_pow2_f32(vf32 x, float bound, vf32 p, vf32 n, vi32 n_int) {
+    (void)n_int;
+    __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(bound), _CMP_NLT_UQ);
+    return (vf32)_mm512_maskz_scalef_ps(keep, (__m512)p, (__m512)n);
+}
+FA_INLINE vf64 scale_pow2_f64(vf64 x, double bound, vf64 p, vf64 n, vi64 n_int) {
+    (void)n_int;
+    __mmask8 keep = _mm512_cmp_pd_mask((__m512d)x, _mm512_set1_pd(bound), _CMP_NLT_UQ);
+    return (vf64)_mm512_maskz_scalef_pd(keep, (__m512d)p, (__m512d)n);
+}
+#define FA_HAVE_SCALE_POW2 1
+#elif defined(FA_BUILD_AVX2)
+#  include <immintrin.h>
+FA_INLINE vf32 max_f32(vf32 a, vf32 b) { return (vf32)_mm256_max_ps((__m256)a, (__m256)b); }
+FA_INLINE vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm256_max_pd((__m256d)a, (__m256d)b); }
+FA_INLINE vf32 min_f32(vf32 a, vf32 b) { return (vf32)_mm256_min_ps((__m256)a, (__m256)b); }
+FA_INLINE vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm256_min_pd((__m256d)a, (__m256d)b); }
+FA_INLINE vf32 keep_at_least_f32(vf32 x, float bound, vf32 y) {
+    return (vf32)_mm256_and_ps(_mm256_cmp_ps((__m256)x, _mm256_set1_ps(bound), _CMP_NLT_UQ), (__m256)y);
+}
+FA_INLINE vf64 keep_at_least_f64(vf64 x, double bound, vf64 y) {
+    return (vf64)_mm256_and_pd(_mm256_cmp_pd((__m256d)x, _mm256_set1_pd(bound), _CMP_NLT_UQ), (__m256d)y);
+}
+#elif defined(__SSE2__)
+#  include <emmintrin.h>
+FA_INLINE vf32 max_f32(vf32 a, vf32 b) { return (vf32)_mm_max_ps((__m128)a, (__m128)b); }
+FA_INLINE vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm_max_pd((__m128d)a, (__m128d)b); }
+FA_INLINE vf32 min_f32(vf32 a, vf32 b) { return (vf32)_mm_min_ps((__m128)a, (__m128)b); }
+FA_INLINE vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm_min_pd((__m128d)a, (__m128d)b); }
+FA_INLINE vf32 keep_at_least_f32(vf32 x, float bound, vf32 y) {
+    return (vf32)_mm_and_ps(_mm_cmpnlt_ps((__m128)x, _mm_set1_ps(bound)), (__m128)y);
+}
+FA_INLINE vf64 keep_at_least_f64(vf64 x, double bound, vf64 y) {
+    return (vf64)_mm_and_pd(_mm_cmpnlt_pd((__m128d)x, _mm_set1_pd(bound)), (__m128d)y);
+}
+#else   /* other CPUs: generic vector code */
 FA_INLINE vf32 max_f32(vf32 a, vf32 b) { return where_f32((vi32)(a > b), a, b); }
 FA_INLINE vf64 max_f64(vf64 a, vf64 b) { return where_f64((vi64)(a > b), a, b); }
+FA_INLINE vf32 min_f32(vf32 a, vf32 b) { return where_f32((vi32)(a < b), a, b); }
+FA_INLINE vf64 min_f64(vf64 a, vf64 b) { return where_f64((vi64)(a < b), a, b); }
+FA_INLINE vf32 keep_at_least_f32(vf32 x, float bound, vf32 y) {
+    return where_f32((vi32)(x < bound), splat_f32(0.0f), y);
+}
+FA_INLINE vf64 keep_at_least_f64(vf64 x, double bound, vf64 y) {
+    return where_f64((vi64)(x < bound), splat_f64(0.0), y);
+}
+#endif
 
-/* e^x = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2].
+#ifndef FA_HAVE_SCALE_POW2
+/* x < bound ? 0 : p * 2^n, 2^n built in the exponent bits (n within normal range) */
+FA_INLINE vf32 scale_pow2_f32(vf32 x, float bound, vf32 p, vf32 n, vi32 n_int) {
+    (void)n;
+    return keep_at_least_f32(x, bound, p * (vf32)((n_int + 127) << 23));
+}
+FA_INLINE vf64 scale_pow2_f64(vf64 x, double bound, vf64 p, vf64 n, vi64 n_int) {
+    (void)n;
+    return keep_at_least_f64(x, bound, p * (vf64)((n_int + 1023) << 52));
+}
+#endif
+
+/* e^x for x <= 0 (the only arguments softmax needs: scores minus their max).
+ * e^x = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2].
  * n is rounded by adding 1.5 * 2^(mantissa bits): its low bits then hold n as an
  * integer, which avoids float->int conversions that SSE2/AVX2 lack for doubles.
- * Inputs below the smallest normal result give 0 (also for -inf); NaN stays NaN. */
-FA_INLINE vf32 exp_f32(vf32 x) {
+ * Inputs below the smallest normal result give exactly 0 (also -inf: masked
+ * keys), never a subnormal (slow on x86); NaN stays NaN. */
+FA_INLINE vf32 exp_nonpositive_f32(vf32 x) {
     const float magic = 12582912.0f;                    /* 1.5 * 2^23 */
-    const vi32 underflow = (vi32)(x < -87.33654f);      /* e^x below FLT_MIN */
-    x = where_f32((vi32)(x > 88.3762f), splat_f32(88.3762f), x);
-    x = where_f32(underflow, splat_f32(-87.0f), x);
-    vf32 shifted = x * 1.44269504088896341f + magic;
-    vf32 n = shifted - magic;
-    vi32 n_int = (vi32)shifted - (vi32)splat_f32(magic);
-    vf32 r = x - n * 0.693359375f;                      /* ln 2, high part: exact n * hi */
+    const float lowest = -87.33654f;                    /* e^lowest = FLT_MIN */
+    const vf32 clamped = max_f32(splat_f32(lowest), x);
+    const vf32 shifted = clamped * 1.44269504088896341f + magic;
+    const vf32 n = shifted - magic;
+    const vi32 n_int = (vi32)shifted - (vi32)splat_f32(magic);
+    vf32 r = clamped - n * 0.693359375f;                /* ln 2, high part: n * hi exact */
     r = r - n * -2.12194440e-4f;                        /* ln 2, low part */
-    vf32 p = splat_f32(1.0f / 5040.0f);                 /* Taylor to r^7: error < 0.5 ulp */
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
+    /* degree-6 least-relative-error fit on [-ln2/2, ln2/2]: error 2e-9, below
+     * float rounding (measured 1.1e-7 relative in float arithmetic) */
+    vf32 p = splat_f32(1.3843653e-3f);
+    p = p * r + 8.3741553e-3f;
+    p = p * r + 4.1668002e-2f;
+    p = p * r + 1.6666431e-1f;
+    p = p * r + 4.9999994e-1f;
+    p = p * r + 1.0000000f;
     p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    vf32 two_to_n = (vf32)((n_int + 127) << 23);
-    return where_f32(underflow, splat_f32(0.0f), p * two_to_n);
+    return scale_pow2_f32(x, lowest, p, n, n_int);
 }
 
-FA_INLINE vf64 exp_f64(vf64 x) {
+FA_INLINE vf64 exp_nonpositive_f64(vf64 x) {
     const double magic = 6755399441055744.0;            /* 1.5 * 2^52 */
-    const vi64 underflow = (vi64)(x < -708.3964185322641);
-    x = where_f64((vi64)(x > 709.0), splat_f64(709.0), x);
-    x = where_f64(underflow, splat_f64(-708.0), x);
-    vf64 shifted = x * 1.4426950408889634074 + magic;
-    vf64 n = shifted - magic;
-    vi64 n_int = (vi64)shifted - (vi64)splat_f64(magic);
-    vf64 r = x - n * 6.93147180369123816490e-01;        /* ln 2 = hi + lo (fdlibm split) */
+    const double lowest = -708.3964185322641;           /* e^lowest = DBL_MIN */
+    const vf64 clamped = max_f64(splat_f64(lowest), x);
+    const vf64 shifted = clamped * 1.4426950408889634074 + magic;
+    const vf64 n = shifted - magic;
+    const vi64 n_int = (vi64)shifted - (vi64)splat_f64(magic);
+    vf64 r = clamped - n * 6.93147180369123816490e-01;  /* ln 2 = hi + lo (fdlibm split) */
     r = r - n * 1.90821492927058770002e-10;
     vf64 p = splat_f64(1.0 / 6227020800.0);             /* Taylor to r^13: error < 0.5 ulp */
     p = p * r + 1.0 / 479001600.0;
@@ -114,8 +207,7 @@ FA_INLINE vf64 exp_f64(vf64 x) {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    vf64 two_to_n = (vf64)((n_int + 1023) << 52);
-    return where_f64(underflow, splat_f64(0.0), p * two_to_n);
+    return scale_pow2_f64(x, lowest, p, n, n_int);
 }
 
 #endif /* FA_SIMD_H */
