@@ -8,7 +8,6 @@ calls the C kernel of the chosen instruction set for each job, without the GIL.
 """
 cimport numpy as cnp
 from cython.parallel cimport parallel, prange
-from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
 from fastattn._kernels cimport (
@@ -48,20 +47,40 @@ def max_threads():
     return fa_openmp_max_threads()
 
 
+cdef struct batch_layout:
+    # how a flat batch index maps to byte offsets in query, key, value and mask
+    Py_ssize_t n_dims
+    const Py_ssize_t *sizes          # batch shape, n_dims entries
+    const Py_ssize_t *strides[4]     # byte strides per batch dim, 0 where broadcast
+    Py_ssize_t head_divisor[4]       # GQA: key/value head = query head // divisor
+
+
+cdef inline Py_ssize_t _batch_offset(const batch_layout *layout, int which,
+                                     Py_ssize_t batch) noexcept nogil:
+    cdef Py_ssize_t offset = 0, index, d
+    cdef Py_ssize_t last = layout.n_dims - 1
+    for d in range(last, -1, -1):
+        index = batch % layout.sizes[d]
+        batch = batch // layout.sizes[d]
+        if d == last:
+            index = index // layout.head_divisor[which]
+        offset += index * layout.strides[which][d]
+    return offset
+
+
 cdef inline void _run_job(const fa_job *template, fa_attend_fn attend, Py_ssize_t job_index,
-                          Py_ssize_t n_batch, Py_ssize_t n_tiles,
-                          const int64_t[:, ::1] offsets, Py_ssize_t out_batch_bytes,
-                          void *scratch) noexcept nogil:
+                          Py_ssize_t n_batch, Py_ssize_t n_tiles, const batch_layout *layout,
+                          Py_ssize_t out_batch_bytes, void *scratch) noexcept nogil:
     cdef fa_job job = template[0]
     # heaviest tiles first (the last ones, under a causal mask) for a balanced finish
     cdef Py_ssize_t batch = job_index % n_batch
     cdef Py_ssize_t tile = n_tiles - 1 - job_index // n_batch
     cdef Py_ssize_t n_queries_total = template.n_queries
-    job.query = <const char *>template.query + offsets[batch, 0]
-    job.key = <const char *>template.key + offsets[batch, 1]
-    job.value = <const char *>template.value + offsets[batch, 2]
+    job.query = <const char *>template.query + _batch_offset(layout, 0, batch)
+    job.key = <const char *>template.key + _batch_offset(layout, 1, batch)
+    job.value = <const char *>template.value + _batch_offset(layout, 2, batch)
     if template.mask != NULL:
-        job.mask = <const char *>template.mask + offsets[batch, 3]
+        job.mask = <const char *>template.mask + _batch_offset(layout, 3, batch)
     job.out = <char *>template.out + batch * out_batch_bytes
     job.query_start = tile * template.tile_queries
     job.n_queries = min(template.tile_queries, n_queries_total - job.query_start)
@@ -69,27 +88,46 @@ cdef inline void _run_job(const fa_job *template, fa_attend_fn attend, Py_ssize_
 
 
 def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
-           cnp.ndarray out, const int64_t[:, ::1] offsets, tuple strides,
-           int mask_kind, bint is_causal, double scale, Py_ssize_t n_queries,
+           cnp.ndarray out, tuple batch_shape, tuple batch_strides, tuple head_divisors,
+           tuple strides, int mask_kind, bint is_causal, double scale, Py_ssize_t n_queries,
            Py_ssize_t n_keys, Py_ssize_t head_dim, Py_ssize_t value_dim,
            Py_ssize_t tile_queries, Py_ssize_t tile_keys, str isa, int num_threads):
-    """Fill ``out`` (n_batch, n_queries, value_dim), C-contiguous, with attention.
+    """Fill ``out`` (*batch_shape, n_queries, value_dim), C-contiguous, with attention.
 
-    ``offsets[b]`` holds the byte offsets of batch entry ``b`` in query, key,
-    value and mask; ``strides`` the row and column strides, in elements, of
-    query, key, value and mask (``out`` rows are ``value_dim`` apart).
+    ``batch_strides`` holds, for query, key, value and mask, the byte strides of
+    each batch dimension (0 where that array broadcasts); ``head_divisors`` maps
+    the last batch dimension (heads) of each onto its own (GQA); ``strides`` the
+    row and column strides, in elements, of query, key, value and mask.
     """
     cdef const fa_kernel_table *table = fa_kernel_table_for(ISA_NAMES.index(isa))
     cdef bint is_f64 = query.dtype.itemsize == 8
     cdef fa_attend_fn attend_fn = table.attend_f64 if is_f64 else table.attend_f32
     cdef size_t scratch_bytes = (table.scratch_bytes_f64 if is_f64 else table.scratch_bytes_f32)(
         tile_queries, tile_keys, head_dim, value_dim)
-    cdef Py_ssize_t n_batch = offsets.shape[0]
+    cdef Py_ssize_t n_dims = len(batch_shape), d, which
+    cdef Py_ssize_t n_batch = 1
+    for d in range(n_dims):
+        n_batch *= <Py_ssize_t>batch_shape[d]
     cdef Py_ssize_t n_tiles = (n_queries + tile_queries - 1) // tile_queries
     cdef Py_ssize_t n_jobs = n_batch * n_tiles
     cdef Py_ssize_t out_batch_bytes = n_queries * value_dim * query.dtype.itemsize
     if n_jobs == 0 or value_dim == 0:
         return
+
+    # sizes, then the strides of each array, in one small C buffer
+    cdef Py_ssize_t *dims = <Py_ssize_t *>malloc((5 * n_dims + 1) * sizeof(Py_ssize_t))
+    if dims == NULL:
+        raise MemoryError()
+    cdef batch_layout layout
+    layout.n_dims = n_dims
+    layout.sizes = dims
+    for d in range(n_dims):
+        dims[d] = batch_shape[d]
+    for which in range(4):
+        layout.strides[which] = dims + (which + 1) * n_dims
+        layout.head_divisor[which] = head_divisors[which]
+        for d in range(n_dims):
+            dims[(which + 1) * n_dims + d] = batch_strides[which][d]
 
     cdef fa_job template
     template.query = cnp.PyArray_DATA(query)
@@ -123,9 +161,10 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
             allocation_failed[0] = 1
         for job_index in prange(n_jobs, schedule="dynamic"):
             if scratch != NULL:
-                _run_job(&template, attend_fn, job_index, n_batch, n_tiles, offsets,
+                _run_job(&template, attend_fn, job_index, n_batch, n_tiles, &layout,
                          out_batch_bytes, scratch)
         free(scratch)
     # end of the nogil parallel block
+    free(dims)
     if allocation_failed[0]:
         raise MemoryError(f"fastattn: could not allocate {scratch_bytes} bytes of scratch per thread")

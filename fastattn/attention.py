@@ -19,7 +19,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Query rows and keys per tile. Per-thread scratch is about
 # (head_dim + tile_keys + value_dim) * tile_queries elements.
-_tiles = {"queries": 64, "keys": 256}
+_tiles = {"queries": 192, "keys": 256}
 
 
 @contextlib.contextmanager
@@ -72,15 +72,12 @@ def _check_mask(attn_mask, dtype, target_shape):
     return np.broadcast_to(mask, target_shape), kind
 
 
-def _batch_offsets(array, batch_shape, head_repeats=1):
-    """Byte offset of every batch entry of ``array`` (all dims but the last two),
-    broadcast to ``batch_shape``; ``head_repeats`` repeats dim -3 (GQA)."""
-    offsets = np.zeros((), dtype=np.int64)
-    for size, stride in zip(array.shape[:-2], array.strides[:-2]):
-        offsets = offsets[..., None] + np.arange(size, dtype=np.int64) * stride
-    if head_repeats > 1:
-        offsets = np.repeat(offsets, head_repeats, axis=-1)
-    return np.broadcast_to(offsets, batch_shape)
+def _batch_strides(array, batch_shape):
+    """Byte strides of the batch dims of ``array`` (all but the last two),
+    aligned to ``batch_shape``: 0 where the array broadcasts."""
+    lead = array.shape[:-2]
+    pad = (0,) * (len(batch_shape) - len(lead))
+    return pad + tuple(0 if n == 1 else st for n, st in zip(lead, array.strides[:-2]))
 
 
 def _element_strides(array, name):
@@ -89,6 +86,18 @@ def _element_strides(array, name):
     if row % itemsize or col % itemsize:
         raise ValueError(f"{name} has strides {array.strides} that are not whole elements")
     return row // itemsize, col // itemsize
+
+
+def _query_tile(n_queries, n_batch, threads, lanes):
+    """Rows per query tile: at most the configured size, equal tiles (no small
+    remainder tile), enough tiles to keep every thread busy, a multiple of the
+    kernel's vector lanes."""
+    def round_up(n, m):
+        return -(-n // m) * m
+    n_tiles = -(-n_queries // round_up(_tiles["queries"], lanes))
+    enough_for_threads = -(-2 * threads // max(n_batch, 1))
+    n_tiles = max(1, min(max(n_tiles, enough_for_threads), -(-n_queries // lanes)))
+    return round_up(-(-max(n_queries, 1) // n_tiles), lanes)
 
 
 def _thread_count(num_threads):
@@ -175,16 +184,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
         raise ValueError(f"the leading (batch, head) dimensions of query {q.shape}, key "
                          f"{k.shape} and value {v.shape} do not broadcast together") from None
 
-    mask, mask_kind = None, _sdpa.MASK_NONE
-    mask_strides = (0, 0)
-    offsets = np.zeros(batch_shape + (4,), dtype=np.int64)
+    mask, mask_kind, mask_strides = None, _sdpa.MASK_NONE, (0, 0)
+    mask_batch_strides = (0,) * len(batch_shape)
     if attn_mask is not None:
         mask, mask_kind = _check_mask(attn_mask, q.dtype, batch_shape + (n_queries, n_keys))
         mask_strides = _element_strides(mask, "attn_mask")
-        offsets[..., 3] = _batch_offsets(mask, batch_shape)
-    offsets[..., 0] = _batch_offsets(q, batch_shape)
-    offsets[..., 1] = _batch_offsets(k, batch_shape, head_repeats["key"])
-    offsets[..., 2] = _batch_offsets(v, batch_shape, head_repeats["value"])
+        mask_batch_strides = _batch_strides(mask, batch_shape)
 
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim) if head_dim else 1.0
@@ -195,10 +200,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
 
     out = np.empty(batch_shape + (n_queries, value_dim), dtype=q.dtype)
     isa = _simd.active()
-    lanes = _sdpa.lanes(isa, q.dtype == np.float64)
-    tile_queries = -(-min(_tiles["queries"], max(n_queries, 1)) // lanes) * lanes
+    tile_queries = _query_tile(n_queries, math.prod(batch_shape), threads,
+                               _sdpa.lanes(isa, q.dtype == np.float64))
     _sdpa.attend(
-        q, k, v, mask, out, offsets.reshape(-1, 4),
+        q, k, v, mask, out, batch_shape,
+        (_batch_strides(q, batch_shape), _batch_strides(k, batch_shape),
+         _batch_strides(v, batch_shape), mask_batch_strides),
+        (1, head_repeats["key"], head_repeats["value"], 1),
         _element_strides(q, "query") + _element_strides(k, "key")
         + _element_strides(v, "value") + mask_strides,
         mask_kind, is_causal, float(scale), n_queries, n_keys, head_dim, value_dim,

@@ -48,12 +48,14 @@ static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t 
         &parts->packed_query, &parts->scores, &parts->acc, &parts->packed_value,
         &parts->row_max, &parts->row_sum, &parts->shift, &parts->rescale,
     };
-    size_t offset = 0;
+    /* malloc aligns to 16 bytes: start at the next cache line, so that no vector
+     * load of the scratch splits across two lines */
+    size_t offset = base ? (size_t)(-(uintptr_t)base % FA_SCRATCH_ALIGN) : 0;
     for (int k = 0; k < 8; ++k) {
         if (base) *slots[k] = (REAL *)(base + offset);
         offset += FA_ROUND_UP(sizes[k] * sizeof(REAL), FA_SCRATCH_ALIGN);
     }
-    return offset;
+    return offset + (base ? 0 : FA_SCRATCH_ALIGN);
 }
 
 size_t FN(fa_scratch_bytes)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
