@@ -1,0 +1,42 @@
+"""show_config and the FASTATTN_SIMD override."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastattn
+from fastattn import _simd
+
+
+def run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env})
+
+
+def test_show_config_lists_paths_threads_and_blas(capsys):
+    fastattn.show_config()
+    text = capsys.readouterr().out
+    assert fastattn.__version__ in text
+    assert "baseline" in text
+    assert f"SIMD path active:     {_simd.active()}" in text
+    assert "OpenMP:" in text and "BLAS:" in text
+
+
+@pytest.mark.parametrize("name", _simd.available())
+def test_fastattn_simd_forces_a_path(name):
+    result = run_python("import fastattn._simd as s; print(s.active())", FASTATTN_SIMD=name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == name
+
+
+def test_fastattn_simd_rejects_unknown_names():
+    result = run_python("import fastattn", FASTATTN_SIMD="neon9")
+    assert result.returncode != 0
+    assert "FASTATTN_SIMD='neon9'" in result.stderr
+
+
+def test_omp_num_threads_is_the_default():
+    result = run_python("from fastattn import _sdpa; print(_sdpa.max_threads())",
+                        OMP_NUM_THREADS="3")
+    assert result.stdout.strip() == ("3" if fastattn._sdpa.openmp_enabled() else "1")
