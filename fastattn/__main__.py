@@ -1,0 +1,35 @@
+"""``python -m fastattn bench``: see fastattn/bench.py."""
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastattn")
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser("bench", help="time fastattn against the NumPy reference and torch")
+    bench.add_argument("--lengths", type=int, nargs="+",
+                       default=[256, 512, 1024, 2048, 4096, 8192], help="sequence lengths L = S")
+    bench.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    bench.add_argument("--heads", type=int, default=8)
+    bench.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs per shape (median)")
+    bench.add_argument("--threads", type=int, default=None, help="default: OpenMP's")
+    bench.add_argument("--numpy-max-length", type=int, default=8192,
+                       help="longest L for the materialised NumPy reference")
+    bench.add_argument("--memory-length", type=int, default=16384,
+                       help="L for the peak-memory measurement (0 to skip)")
+    bench.add_argument("--quick", action="store_true", help="L up to 1024, 3 repeats")
+    args = parser.parse_args(argv)
+
+    if args.command == "bench":
+        from fastattn import bench as bench_module
+        if args.quick:
+            args.lengths = [n for n in args.lengths if n <= 1024]
+            args.repeats = 3
+            args.memory_length = min(args.memory_length, 4096)
+        return bench_module.run(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

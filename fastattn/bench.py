@@ -1,0 +1,154 @@
+"""``python -m fastattn bench``: fastattn against the NumPy reference and torch.
+
+For each head dim, causal or not, and sequence length L = S (batch 1), the
+contenders run interleaved in one process (round after round, so that a slow
+minute on a shared machine hits them all alike; short calls in blocks) and the
+table reports medians of the rounds:
+fastattn's time and GFLOP/s (4 B H L S D flops, halved when causal), the
+materialised NumPy reference (``fastattn.numpy_reference``) and torch's
+``scaled_dot_product_attention`` when torch is installed, and fastattn's
+speed-up over each. Then the peak memory fastattn needs beyond its inputs and
+output at a long length, measured in a fresh process.
+"""
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from fastattn import _sdpa, _simd, scaled_dot_product_attention
+from fastattn._version import __version__
+from fastattn.numpy_reference import materialized_attention
+
+MIB = 2**20
+
+
+def _import_torch(threads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+def _interleaved_medians(contenders, repeats, block_seconds=0.05):
+    """Median seconds per call of each contender, timed round-robin.
+
+    Each round times a block of back-to-back calls per contender (at least
+    ``block_seconds`` long): after a call, OpenMP and BLAS worker threads keep
+    spinning for a while, and on a small machine they would slow down the first
+    call of whoever runs next, not the caller.
+    """
+    block = {}
+    for name, fn in contenders.items():          # warm-up, and the block sizes
+        start = time.perf_counter()
+        fn()
+        block[name] = max(1, min(50, round(block_seconds / (time.perf_counter() - start))))
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            for _ in range(block[name]):
+                fn()
+            times[name].append((time.perf_counter() - start) / block[name])
+            if name == "numpy":
+                # OpenBLAS workers busy-wait ~0.1 s after a call: let them sleep
+                time.sleep(0.15)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+_MEMORY_PROBE = """
+import resource, sys
+import numpy as np
+import fastattn
+
+def peak_rss():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def current_rss():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+
+heads, length, head_dim, threads, dtype = sys.argv[1:]
+shape = (1, int(heads), int(length), int(head_dim))
+rng = np.random.default_rng(0)
+q, k, v = (rng.standard_normal(shape, dtype=dtype) for _ in range(3))
+fastattn.scaled_dot_product_attention(q[..., :8, :], k[..., :8, :], v[..., :8, :])  # load all
+with open("/proc/self/clear_refs", "w") as f:   # reset the peak to the present
+    f.write("5")
+before = current_rss()
+out = fastattn.scaled_dot_product_attention(q, k, v, num_threads=int(threads))
+print(peak_rss() - before - out.nbytes)
+"""
+
+
+def peak_extra_memory(heads, length, head_dim, threads, dtype="float32"):
+    """Bytes fastattn's call needs beyond its inputs and output (fresh process)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(heads), str(length), str(head_dim),
+         str(threads), dtype], capture_output=True, text=True, check=True)
+    return int(result.stdout.strip())
+
+
+def run(args):
+    threads = args.threads or _sdpa.max_threads()
+    torch = _import_torch(threads)
+    dtype = np.dtype(args.dtype)
+    print(f"fastattn {__version__} bench: B=1 H={args.heads} {dtype}, {threads} thread(s), "
+          f"SIMD {_simd.active()}, torch {torch.__version__ if torch else 'not installed'}")
+    print(f"interleaved, median of {args.repeats} runs; GFLOP/s = 4*B*H*L*S*D / time "
+          f"(halved when causal)\n")
+    header = (f"{'D':>4} {'causal':>6} {'L':>6} {'fastattn ms':>12} {'GFLOP/s':>8} "
+              f"{'numpy ms':>10} {'torch ms':>10} {'vs numpy':>9} {'vs torch':>9}")
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    rows = []
+    for head_dim in args.head_dims:
+        for causal in (False, True):
+            for length in args.lengths:
+                shape = (1, args.heads, length, head_dim)
+                q, k, v = (rng.standard_normal(shape, dtype=dtype) for _ in range(3))
+                contenders = {"fastattn": lambda: scaled_dot_product_attention(
+                    q, k, v, is_causal=causal, num_threads=threads)}
+                if length <= args.numpy_max_length:
+                    contenders["numpy"] = lambda: materialized_attention(q, k, v, causal)
+                if torch is not None:
+                    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+                    contenders["torch"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+                        tq, tk, tv, is_causal=causal)
+                medians = _interleaved_medians(contenders, args.repeats)
+                flops = 4 * args.heads * length * length * head_dim / (2 if causal else 1)
+                ours = medians["fastattn"]
+                row = {"head_dim": head_dim, "causal": causal, "length": length,
+                       "fastattn_s": ours, "gflops": flops / ours / 1e9,
+                       "numpy_s": medians.get("numpy"), "torch_s": medians.get("torch")}
+                rows.append(row)
+
+                def ms(seconds):
+                    return f"{seconds * 1e3:10.2f}" if seconds else f"{'-':>10}"
+
+                def ratio(seconds):
+                    return f"{seconds / ours:8.2f}x" if seconds else f"{'-':>9}"
+
+                print(f"{head_dim:>4} {'yes' if causal else 'no':>6} {length:>6} "
+                      f"{ours * 1e3:12.2f} {row['gflops']:8.1f} {ms(row['numpy_s'])} "
+                      f"{ms(row['torch_s'])} {ratio(row['numpy_s'])} {ratio(row['torch_s'])}",
+                      flush=True)
+
+    if args.memory_length:
+        head_dim = min(args.head_dims)
+        extra = peak_extra_memory(args.heads, args.memory_length, head_dim, threads, args.dtype)
+        scores = args.heads * args.memory_length**2 * dtype.itemsize
+        print(f"\npeak memory beyond inputs and output at L={args.memory_length}, "
+              f"H={args.heads}, D={head_dim}: {extra / MIB:.1f} MiB "
+              f"(the materialised score matrix alone would be {scores / MIB:,.0f} MiB)")
+    return 0
