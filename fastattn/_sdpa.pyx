@@ -11,9 +11,8 @@ from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 
 from fastattn._kernels cimport (
-    FA_ISA_AVX2, FA_ISA_AVX512, FA_ISA_BASELINE, FA_MASK_ADDITIVE, FA_MASK_BOOL,
-    FA_MASK_NONE, FA_N_ISAS, fa_attend_fn, fa_cpu_supports, fa_job, fa_kernel_table,
-    fa_kernel_table_for, fa_openmp_enabled, fa_openmp_max_threads,
+    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, fa_attend_fn, fa_cpu_supports,
+    fa_job, fa_kernel_table, fa_kernel_table_for, fa_openmp_enabled, fa_openmp_max_threads,
 )
 
 cnp.import_array()
