@@ -15,7 +15,15 @@ The instruction set (baseline x86-64, AVX2+FMA, AVX-512) is chosen at import
 from what the CPU supports (``fastattn/_simd.py``; ``FASTATTN_SIMD`` forces one).
 """
 from fastattn._version import __version__
-from fastattn.attention import scaled_dot_product_attention
+from fastattn.attention import (
+    scaled_dot_product_attention,
+    scaled_dot_product_attention_with_weights,
+)
 from fastattn._config import show_config
 
-__all__ = ["__version__", "scaled_dot_product_attention", "show_config"]
+__all__ = [
+    "__version__",
+    "scaled_dot_product_attention",
+    "scaled_dot_product_attention_with_weights",
+    "show_config",
+]

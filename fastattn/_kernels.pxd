@@ -20,6 +20,8 @@ cdef extern from "fa_attention.h" nogil:
         Py_ssize_t value_row_stride, value_col_stride
         void *out
         Py_ssize_t out_row_stride
+        void *weights
+        Py_ssize_t weights_row_stride
         const void *mask
         Py_ssize_t mask_row_stride, mask_col_stride
         int mask_kind

@@ -46,12 +46,15 @@ def max_threads():
     return fa_openmp_max_threads()
 
 
+cdef enum:
+    N_OPERANDS = 6                   # query, key, value, mask, out, weights
+
 cdef struct batch_layout:
-    # how a flat batch index maps to byte offsets in query, key, value and mask
+    # how a flat batch index maps to byte offsets in each operand
     Py_ssize_t n_dims
-    const Py_ssize_t *sizes          # batch shape, n_dims entries
-    const Py_ssize_t *strides[4]     # byte strides per batch dim, 0 where broadcast
-    Py_ssize_t head_divisor[4]       # GQA: key/value head = query head // divisor
+    const Py_ssize_t *sizes                  # batch shape, n_dims entries
+    const Py_ssize_t *strides[N_OPERANDS]    # byte strides per batch dim, 0 where broadcast
+    Py_ssize_t head_divisor[N_OPERANDS]      # GQA: key/value head = query head // divisor
 
 
 cdef inline Py_ssize_t _batch_offset(const batch_layout *layout, int which,
@@ -69,7 +72,7 @@ cdef inline Py_ssize_t _batch_offset(const batch_layout *layout, int which,
 
 cdef inline void _run_job(const fa_job *template, fa_attend_fn attend, Py_ssize_t job_index,
                           Py_ssize_t n_batch, Py_ssize_t n_tiles, const batch_layout *layout,
-                          Py_ssize_t out_batch_bytes, void *scratch) noexcept nogil:
+                          void *scratch) noexcept nogil:
     cdef fa_job job = template[0]
     # heaviest tiles first (the last ones, under a causal mask) for a balanced finish
     cdef Py_ssize_t batch = job_index % n_batch
@@ -80,23 +83,29 @@ cdef inline void _run_job(const fa_job *template, fa_attend_fn attend, Py_ssize_
     job.value = <const char *>template.value + _batch_offset(layout, 2, batch)
     if template.mask != NULL:
         job.mask = <const char *>template.mask + _batch_offset(layout, 3, batch)
-    job.out = <char *>template.out + batch * out_batch_bytes
+    job.out = <char *>template.out + _batch_offset(layout, 4, batch)
+    if template.weights != NULL:
+        job.weights = <char *>template.weights + _batch_offset(layout, 5, batch)
     job.query_start = tile * template.tile_queries
     job.n_queries = min(template.tile_queries, n_queries_total - job.query_start)
     attend(&job, scratch)
 
 
 def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
-           cnp.ndarray out, tuple batch_shape, tuple batch_strides, tuple head_divisors,
-           tuple strides, int mask_kind, bint is_causal, double scale, Py_ssize_t n_queries,
-           Py_ssize_t n_keys, Py_ssize_t head_dim, Py_ssize_t value_dim,
+           cnp.ndarray out, object weights, tuple batch_shape, tuple batch_strides,
+           tuple head_divisors, tuple strides, int mask_kind, bint is_causal, double scale,
+           Py_ssize_t n_queries, Py_ssize_t n_keys, Py_ssize_t head_dim, Py_ssize_t value_dim,
            Py_ssize_t tile_queries, Py_ssize_t tile_keys, str isa, int num_threads):
-    """Fill ``out`` (*batch_shape, n_queries, value_dim), C-contiguous, with attention.
+    """Fill ``out`` (*batch_shape, n_queries, value_dim) with attention, and
+    ``weights`` (*batch_shape, n_queries, n_keys) with its softmax weights unless
+    it is None.
 
-    ``batch_strides`` holds, for query, key, value and mask, the byte strides of
-    each batch dimension (0 where that array broadcasts); ``head_divisors`` maps
-    the last batch dimension (heads) of each onto its own (GQA); ``strides`` the
-    row and column strides, in elements, of query, key, value and mask.
+    ``batch_strides`` holds, for query, key, value, mask, out and weights, the
+    byte strides of each batch dimension (0 where that array broadcasts);
+    ``head_divisors`` maps the last batch dimension (heads) of each onto its own
+    (GQA); ``strides`` the row and column strides, in elements, of query, key,
+    value and mask, then the row strides of out and weights (their columns are
+    contiguous).
     """
     cdef const fa_kernel_table *table = fa_kernel_table_for(ISA_NAMES.index(isa))
     cdef bint is_f64 = query.dtype.itemsize == 8
@@ -109,12 +118,12 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
         n_batch *= <Py_ssize_t>batch_shape[d]
     cdef Py_ssize_t n_tiles = (n_queries + tile_queries - 1) // tile_queries
     cdef Py_ssize_t n_jobs = n_batch * n_tiles
-    cdef Py_ssize_t out_batch_bytes = n_queries * value_dim * query.dtype.itemsize
-    if n_jobs == 0 or value_dim == 0:
+    if n_jobs == 0 or (value_dim == 0 and weights is None):
         return
 
-    # sizes, then the strides of each array, in one small C buffer
-    cdef Py_ssize_t *dims = <Py_ssize_t *>malloc((5 * n_dims + 1) * sizeof(Py_ssize_t))
+    # sizes, then the batch strides of each operand, in one small C buffer
+    cdef Py_ssize_t *dims = <Py_ssize_t *>malloc(
+        ((N_OPERANDS + 1) * n_dims + 1) * sizeof(Py_ssize_t))
     if dims == NULL:
         raise MemoryError()
     cdef batch_layout layout
@@ -122,7 +131,7 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
     layout.sizes = dims
     for d in range(n_dims):
         dims[d] = batch_shape[d]
-    for which in range(4):
+    for which in range(N_OPERANDS):
         layout.strides[which] = dims + (which + 1) * n_dims
         layout.head_divisor[which] = head_divisors[which]
         for d in range(n_dims):
@@ -134,11 +143,12 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
     template.value = cnp.PyArray_DATA(value)
     template.out = cnp.PyArray_DATA(out)
     template.mask = NULL if mask is None else cnp.PyArray_DATA(<cnp.ndarray>mask)
+    template.weights = NULL if weights is None else cnp.PyArray_DATA(<cnp.ndarray>weights)
     (template.query_row_stride, template.query_col_stride,
      template.key_row_stride, template.key_col_stride,
      template.value_row_stride, template.value_col_stride,
-     template.mask_row_stride, template.mask_col_stride) = strides
-    template.out_row_stride = value_dim
+     template.mask_row_stride, template.mask_col_stride,
+     template.out_row_stride, template.weights_row_stride) = strides
     template.mask_kind = mask_kind
     template.is_causal = is_causal
     template.n_queries = n_queries      # _run_job narrows it to one tile
@@ -160,8 +170,7 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
             allocation_failed[0] = 1
         for job_index in prange(n_jobs, schedule="dynamic"):
             if scratch != NULL:
-                _run_job(&template, attend_fn, job_index, n_batch, n_tiles, &layout,
-                         out_batch_bytes, scratch)
+                _run_job(&template, attend_fn, job_index, n_batch, n_tiles, &layout, scratch)
         free(scratch)
     # end of the nogil parallel block
     free(dims)

@@ -13,7 +13,7 @@ import numpy as np
 
 from fastattn import _sdpa, _simd
 
-__all__ = ["scaled_dot_product_attention"]
+__all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_with_weights"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -143,6 +143,30 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
     out gets zeros (as torch on CPU), never NaN. The L x S matrix of scores is
     never stored: memory beyond the output is O(tile) per thread.
     """
+    out, _ = _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads,
+                     with_weights=False)
+    return out
+
+
+def scaled_dot_product_attention_with_weights(query, key, value, attn_mask=None,
+                                              is_causal=False, scale=None, enable_gqa=False,
+                                              *, num_threads=None):
+    """``scaled_dot_product_attention`` that also returns the softmax weights.
+
+    Returns ``(output, weights)``: output ``(..., L, Ev)`` exactly as
+    ``scaled_dot_product_attention`` computes it, weights ``(..., L, S)``, rows
+    summing to 1 (0 for a query whose keys are all masked). The weights are the
+    one O(L x S) allocation: the same fused kernel stores them as it goes.
+    """
+    return _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads,
+                   with_weights=True)
+
+
+def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads,
+            with_weights, out=None):
+    """Validate, then run the kernel. ``out``, when given, is where the output
+    goes (any batch and row strides, contiguous columns: MultiHeadAttention
+    writes heads straight into its (N, L, E) buffer); it is trusted."""
     q = _float_array(query, "query")
     k = _float_array(key, "key")
     v = _float_array(value, "value")
@@ -198,17 +222,23 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
     threads = _thread_count(num_threads)
     is_causal = bool(is_causal)
 
-    out = np.empty(batch_shape + (n_queries, value_dim), dtype=q.dtype)
+    if out is None:
+        out = np.empty(batch_shape + (n_queries, value_dim), dtype=q.dtype)
+    weights = (np.empty(batch_shape + (n_queries, n_keys), dtype=q.dtype) if with_weights
+               else None)
     isa = _simd.active()
     tile_queries = _query_tile(n_queries, math.prod(batch_shape), threads,
                                _sdpa.lanes(isa, q.dtype == np.float64))
     _sdpa.attend(
-        q, k, v, mask, out, batch_shape,
+        q, k, v, mask, out, weights, batch_shape,
         (_batch_strides(q, batch_shape), _batch_strides(k, batch_shape),
-         _batch_strides(v, batch_shape), mask_batch_strides),
-        (1, head_repeats["key"], head_repeats["value"], 1),
+         _batch_strides(v, batch_shape), mask_batch_strides, _batch_strides(out, batch_shape),
+         _batch_strides(weights, batch_shape) if with_weights else (0,) * len(batch_shape)),
+        (1, head_repeats["key"], head_repeats["value"], 1, 1, 1),
         _element_strides(q, "query") + _element_strides(k, "key")
-        + _element_strides(v, "value") + mask_strides,
+        + _element_strides(v, "value") + mask_strides
+        + (_element_strides(out, "out")[0],
+           _element_strides(weights, "weights")[0] if with_weights else 0),
         mask_kind, is_causal, float(scale), n_queries, n_keys, head_dim, value_dim,
         tile_queries, _tiles["keys"], isa, threads)
-    return out
+    return out, weights

@@ -23,6 +23,13 @@ def reference_attention(query, key, value, attn_mask=None, is_causal=False, scal
     bool masks keep True entries, float masks add, causal is top-left
     (tril(ones(L, S))), GQA repeats key/value heads (repeat_interleave on dim -3),
     and a query that sees no key gets zeros."""
+    return reference_attention_with_weights(query, key, value, attn_mask, is_causal, scale,
+                                            enable_gqa)[0]
+
+
+def reference_attention_with_weights(query, key, value, attn_mask=None, is_causal=False,
+                                     scale=None, enable_gqa=False):
+    """(output, softmax weights) of ``reference_attention``."""
     q = np.asarray(query, dtype=np.float64)
     k = np.asarray(key, dtype=np.float64)
     v = np.asarray(value, dtype=np.float64)
@@ -49,4 +56,4 @@ def reference_attention(query, key, value, attn_mask=None, is_causal=False, scal
     weights = np.exp(scores - row_max)
     total = weights.sum(axis=-1, keepdims=True)
     weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
-    return np.matmul(weights, v)
+    return np.matmul(weights, v), weights

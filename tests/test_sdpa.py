@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastattn import scaled_dot_product_attention
+from fastattn import scaled_dot_product_attention, scaled_dot_product_attention_with_weights
 from tests.cases import MASK_KINDS, SHAPES, make_inputs, make_mask
-from tests.reference import reference_attention, tolerance
+from tests.reference import reference_attention, reference_attention_with_weights, tolerance
 
 DTYPES = (np.float32, np.float64)
 
@@ -171,3 +171,32 @@ def test_random_problems(data, batch, n_queries, n_keys, head_dim, value_dim, dt
     q, k, v = make_inputs(rng, batch, n_queries, n_keys, head_dim, value_dim, dtype)
     mask = make_mask(rng, mask_kind, batch, n_queries, n_keys, dtype)
     check(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float_broadcast"])
+@pytest.mark.parametrize("batch,L,S", [((2, 3), 21, 45), ((1,), 70, 13), ((), 1, 1), ((2,), 200, 300)])
+def test_with_weights(simd, rng, batch, L, S, mask_kind, is_causal, dtype):
+    q, k, v = make_inputs(rng, batch, L, S, 16, 12, dtype)
+    mask = make_mask(rng, mask_kind, batch, L, S, dtype)
+    out, weights = scaled_dot_product_attention_with_weights(q, k, v, attn_mask=mask,
+                                                             is_causal=is_causal)
+    expected_out, expected_weights = reference_attention_with_weights(
+        q, k, v, attn_mask=mask, is_causal=is_causal)
+    assert weights.shape == batch + (L, S) and weights.dtype == dtype
+    np.testing.assert_allclose(weights, expected_weights, **tolerance(dtype))
+    np.testing.assert_allclose(out, expected_out, **tolerance(dtype))
+    # the output is the fused one, unchanged by asking for the weights
+    np.testing.assert_array_equal(
+        out, scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal))
+
+
+def test_weights_with_gqa_and_empty_values(rng):
+    q = rng.standard_normal((2, 4, 5, 8))
+    k = rng.standard_normal((2, 2, 7, 8))
+    v = rng.standard_normal((2, 2, 7, 0))
+    out, weights = scaled_dot_product_attention_with_weights(q, k, v, enable_gqa=True)
+    assert out.shape == (2, 4, 5, 0)
+    _, expected = reference_attention_with_weights(q, k, v, enable_gqa=True)
+    np.testing.assert_allclose(weights, expected, **tolerance(np.float64))

@@ -13,6 +13,11 @@
  *       A   = A e^(m-m') + P^T V_j                          width x value_dim
  *   out = A / l                  (a query that saw no key gets zeros, as torch)
  *
+ * When the caller asks for the weights too, the masked scores are also stored
+ * into its (L, S) buffer as they are made, and turned into e^(s - m) / l once
+ * m and l are final: the fused output is unchanged, the weights cost one store
+ * and one exp per score.
+ *
  * S is kept transposed (keys x queries) so that every per-query reduction (max,
  * sum, exp) runs down columns with whole vectors, and both matrix products are
  * outer-product micro-kernels: a register block of rows x vectors of
@@ -273,6 +278,41 @@ static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
     }
 }
 
+/* weights[i][key_start + j] = scores[j][i]: the transposed tile, for the weights */
+static void FN(store_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                             ptrdiff_t width, const REAL *scores)
+{
+    REAL *weights = (REAL *)job->weights + job->query_start * job->weights_row_stride + key_start;
+    for (ptrdiff_t i = 0; i < job->n_queries; ++i) {
+        REAL *row = weights + i * job->weights_row_stride;
+        for (ptrdiff_t j = 0; j < n_keys; ++j) row[j] = scores[j * width + i];
+    }
+}
+
+/* Scores -> softmax weights, with the final max and sum of each query; keys a
+ * causal query never visited get 0. */
+static void FN(normalize_weights)(const fa_job *job, ptrdiff_t n_visited, const REAL *row_max,
+                                  const REAL *row_sum)
+{
+    REAL *weights = (REAL *)job->weights + job->query_start * job->weights_row_stride;
+    for (ptrdiff_t i = 0; i < job->n_queries; ++i) {
+        REAL *row = weights + i * job->weights_row_stride;
+        const REAL m = row_max[i] == -INFINITY ? 0 : row_max[i];
+        const REAL inv = row_sum[i] == 0 ? 0 : 1 / row_sum[i];
+        ptrdiff_t j = 0;
+        for (; j + LANES <= n_visited; j += LANES)
+            VSTORE(row + j, VEXP(VLOAD(row + j) - m) * inv);
+        if (j < n_visited) {    /* the last, partial vector through a padded copy */
+            REAL tail[LANES];
+            const ptrdiff_t n = n_visited - j;
+            for (ptrdiff_t t = 0; t < LANES; ++t) tail[t] = t < n ? row[j + t] - m : 0;
+            VSTORE(tail, VEXP(VLOAD(tail)) * inv);
+            memcpy(row + j, tail, (size_t)n * sizeof(REAL));
+        }
+        for (j = n_visited; j < job->n_keys; ++j) row[j] = 0;
+    }
+}
+
 /* Copy a tile of V into aligned, zero-padded rows of whole vectors: NumPy's
  * buffers are only 16-byte aligned, and a vector load that splits a cache line
  * costs the value product about 5-10%; the copy costs ~1/(2 tile_queries) of it. */
@@ -329,6 +369,7 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         FN(compute_scores)(key + k0 * job->key_row_stride, job->key_row_stride,
                            job->key_col_stride, nk, w.packed_query, width, head_dim, w.scores);
         FN(apply_masks)(job, k0, nk, width, w.scores);
+        if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
         FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
 
         FN(pack_values)(value + k0 * job->value_row_stride, job->value_row_stride,
@@ -336,6 +377,8 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         FN(accumulate_values)(w.scores, width, nk, nq, w.packed_value, value_dim_pad,
                               value_dim_pad, w.rescale, w.acc);
     }
+
+    if (job->weights) FN(normalize_weights)(job, n_keys, w.row_max, w.row_sum);
 
     REAL *out = (REAL *)job->out + q0 * job->out_row_stride;
     for (ptrdiff_t i = 0; i < nq; ++i) {
