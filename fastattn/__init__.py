@@ -20,10 +20,13 @@ from fastattn.attention import (
     scaled_dot_product_attention_with_weights,
 )
 from fastattn._config import show_config
+from fastattn.mha import MultiHeadAttention, multi_head_attention
 
 __all__ = [
     "__version__",
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_with_weights",
     "show_config",
+    "MultiHeadAttention",
+    "multi_head_attention",
 ]

@@ -1,0 +1,332 @@
+"""Multi-head attention compatible with ``torch.nn.MultiheadAttention`` (torch 2.13).
+
+The projections are NumPy matmuls (BLAS); self-attention projects q, k and v
+with one GEMM on the packed ``in_proj_weight``. Heads are split by reshaping
+and transposing views, never by copying, and the fused kernel writes every
+head's output straight into the (batch, L, embed_dim) buffer that the output
+projection then reads.
+
+Masks follow torch's ``nn.MultiheadAttention`` conventions, which are the
+opposite of ``scaled_dot_product_attention``'s for booleans: in
+``key_padding_mask`` and ``attn_mask`` a True entry is *excluded*.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from fastattn import attention
+
+__all__ = ["MultiHeadAttention", "multi_head_attention"]
+
+
+def _array(x, name, dtype):
+    array = np.asarray(x)
+    if array.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the module's), got {array.dtype}")
+    return array
+
+
+def _check_shape(array, shape, name):
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+
+
+def _visible_mask(mask, name, dtype):
+    """A torch MHA mask (bool: True = excluded; float: added) as an SDPA mask
+    (bool: True = attends; float: added)."""
+    mask = np.asarray(mask)
+    if mask.dtype == np.bool_:
+        return ~mask
+    if mask.dtype.kind == "f":
+        return mask.astype(dtype, copy=False)
+    raise TypeError(f"{name} must be a bool or float array, got dtype {mask.dtype}")
+
+
+def _combine_masks(first, second):
+    """Both masks at once: bool and bool intersect; otherwise -inf is added."""
+    if first is None or second is None:
+        return second if first is None else first
+    if first.dtype == np.bool_ and second.dtype == np.bool_:
+        return first & second
+    dtype = first.dtype if first.dtype != np.bool_ else second.dtype
+
+    def additive(mask):
+        return np.where(mask, 0, -np.inf).astype(dtype) if mask.dtype == np.bool_ else mask
+    return additive(first) + additive(second)
+
+
+def _project(x, weight, bias):
+    """x @ weight.T + bias through BLAS, in place for the bias."""
+    out = np.matmul(x, weight.T)
+    if bias is not None:
+        out += bias
+    return out
+
+
+def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_bias,
+                         out_proj_weight, out_proj_bias, *, q_proj_weight=None,
+                         k_proj_weight=None, v_proj_weight=None, key_padding_mask=None,
+                         need_weights=True, attn_mask=None, average_attn_weights=True,
+                         is_causal=False, batch_first=False, num_threads=None):
+    """Multi-head attention with weights you hold yourself.
+
+    Shapes as ``torch.nn.MultiheadAttention``: query ``(L, N, E)`` (``(N, L, E)``
+    with ``batch_first``, ``(L, E)`` unbatched), key ``(S, N, kdim)``, value
+    ``(S, N, vdim)``. Either ``in_proj_weight`` ``(3E, E)`` (kdim = vdim = E) or
+    ``q_proj_weight`` ``(E, E)``, ``k_proj_weight`` ``(E, kdim)`` and
+    ``v_proj_weight`` ``(E, vdim)`` with ``in_proj_weight=None``; ``in_proj_bias``
+    ``(3E,)`` or None; ``out_proj_weight`` ``(E, E)``, ``out_proj_bias`` ``(E,)`` or
+    None. ``key_padding_mask`` ``(N, S)`` and ``attn_mask`` ``(L, S)`` or
+    ``(N * num_heads, L, S)``: bool (True = excluded) or float (added).
+    ``is_causal`` applies the causal mask (with or without ``attn_mask``; torch
+    requires the mask and treats the flag as a hint).
+
+    Returns ``(output, weights)``: output shaped like query with E features;
+    weights ``(N, L, S)`` averaged over heads or ``(N, num_heads, L, S)`` when
+    ``need_weights``, else None (and then the L x S weights are never stored).
+    A query whose keys are all masked gets zeros, where torch gives NaN.
+    """
+    out_proj_weight = np.asarray(out_proj_weight)
+    dtype = out_proj_weight.dtype
+    if dtype not in attention.FLOAT_DTYPES:
+        raise TypeError(f"out_proj_weight must be float32 or float64, got {dtype}")
+    q_in = _array(query, "query", dtype)
+    k_in = _array(key, "key", dtype)
+    v_in = _array(value, "value", dtype)
+
+    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}")
+    if q_in.ndim not in (2, 3):
+        raise ValueError(f"query must be (L, N, E), (N, L, E) with batch_first, or (L, E) "
+                         f"unbatched; got shape {q_in.shape}")
+    batched = q_in.ndim == 3
+    for name, array in (("key", k_in), ("value", v_in)):
+        if array.ndim != q_in.ndim:
+            raise ValueError(f"{name} must have {q_in.ndim} dimensions like query "
+                             f"{q_in.shape}, got shape {array.shape}")
+    # work in (N, L, E): views, no copies
+    if not batched:
+        q_in, k_in, v_in = q_in[None], k_in[None], v_in[None]
+    elif not batch_first:
+        q_in, k_in, v_in = (a.swapaxes(0, 1) for a in (q_in, k_in, v_in))
+    n_batch, n_queries, embed_dim = q_in.shape
+    n_keys = k_in.shape[1]
+    if k_in.shape[0] != n_batch or v_in.shape[0] != n_batch:
+        raise ValueError(f"query, key and value must have the same batch size, got shapes "
+                         f"{query.shape}, {key.shape} and {value.shape}")
+    if v_in.shape[1] != n_keys:
+        raise ValueError(f"key and value must have the same length S, got shapes "
+                         f"{key.shape} and {value.shape}")
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+    head_dim = embed_dim // num_heads
+    kdim, vdim = k_in.shape[2], v_in.shape[2]
+
+    _check_shape(out_proj_weight, (embed_dim, embed_dim), "out_proj_weight")
+    if out_proj_bias is not None:
+        out_proj_bias = _array(out_proj_bias, "out_proj_bias", dtype)
+        _check_shape(out_proj_bias, (embed_dim,), "out_proj_bias")
+    if in_proj_bias is not None:
+        in_proj_bias = _array(in_proj_bias, "in_proj_bias", dtype)
+        _check_shape(in_proj_bias, (3 * embed_dim,), "in_proj_bias")
+    biases = ((None,) * 3 if in_proj_bias is None
+              else np.split(in_proj_bias, 3))
+
+    if in_proj_weight is not None:
+        weight = _array(in_proj_weight, "in_proj_weight", dtype)
+        _check_shape(weight, (3 * embed_dim, embed_dim), "in_proj_weight")
+        if kdim != embed_dim or vdim != embed_dim:
+            raise ValueError(f"in_proj_weight needs key and value with embed_dim "
+                             f"{embed_dim} features, got {kdim} and {vdim}; use "
+                             f"q/k/v_proj_weight for kdim/vdim != embed_dim")
+        if query is key and key is value:       # self-attention: one GEMM for q, k, v
+            q, k, v = np.split(_project(q_in, weight, in_proj_bias), 3, axis=-1)
+        elif key is value:                      # encoder-decoder: one GEMM for k, v
+            q = _project(q_in, weight[:embed_dim], biases[0])
+            kv_bias = None if in_proj_bias is None else in_proj_bias[embed_dim:]
+            k, v = np.split(_project(k_in, weight[embed_dim:], kv_bias), 2, axis=-1)
+        else:
+            q, k, v = (_project(x, w, b) for x, w, b in
+                       zip((q_in, k_in, v_in), np.split(weight, 3), biases))
+    else:
+        weights_in = []
+        for name, w, features in (("q_proj_weight", q_proj_weight, embed_dim),
+                                  ("k_proj_weight", k_proj_weight, kdim),
+                                  ("v_proj_weight", v_proj_weight, vdim)):
+            if w is None:
+                raise ValueError(f"{name} is needed when in_proj_weight is None")
+            w = _array(w, name, dtype)
+            _check_shape(w, (embed_dim, features), name)
+            weights_in.append(w)
+        q, k, v = (_project(x, w, b) for x, w, b in zip((q_in, k_in, v_in), weights_in, biases))
+
+    # (N, L, E) -> (N, H, L, D) by strides
+    def heads(x):
+        return x.reshape(x.shape[0], x.shape[1], num_heads, head_dim).swapaxes(1, 2)
+
+    mask = None
+    if attn_mask is not None:
+        attn = _visible_mask(attn_mask, "attn_mask", dtype)
+        if attn.shape == (n_queries, n_keys):
+            mask = attn
+        elif attn.shape == (n_batch * num_heads, n_queries, n_keys):
+            mask = attn.reshape(n_batch, num_heads, n_queries, n_keys)
+        else:
+            raise ValueError(f"attn_mask must have shape {(n_queries, n_keys)} or "
+                             f"{(n_batch * num_heads, n_queries, n_keys)}, got {attn.shape}")
+    if key_padding_mask is not None:
+        padding = _visible_mask(key_padding_mask, "key_padding_mask", dtype)
+        expected = (n_batch, n_keys) if batched else (n_keys,)
+        if padding.shape != expected:
+            raise ValueError(f"key_padding_mask must have shape {expected}, got {padding.shape}")
+        mask = _combine_masks(mask, padding.reshape(n_batch, 1, 1, n_keys))
+
+    # the kernel writes (N, H, L, D) into a buffer laid out as the caller's output
+    if batched and not batch_first:
+        attended = np.empty((n_queries, n_batch, embed_dim), dtype=dtype)
+        attended_nle = attended.swapaxes(0, 1)
+    else:
+        attended = attended_nle = np.empty((n_batch, n_queries, embed_dim), dtype=dtype)
+    _, weights = attention._attend(
+        heads(q), heads(k), heads(v), mask, bool(is_causal), None, False, num_threads,
+        with_weights=bool(need_weights), out=heads(attended_nle))
+    output = _project(attended if batched else attended[0], out_proj_weight, out_proj_bias)
+
+    if weights is not None:
+        if average_attn_weights:
+            weights = weights.mean(axis=1)
+        if not batched:
+            weights = weights[0]
+    return output, weights
+
+
+class OutProjection:
+    """The output projection's parameters, as ``torch_mha.out_proj``."""
+
+    def __init__(self, weight, bias):
+        self.weight = weight
+        self.bias = bias
+
+
+class MultiHeadAttention:
+    """``torch.nn.MultiheadAttention`` on NumPy arrays (inference).
+
+    Parameters have torch's names and shapes: ``in_proj_weight`` ``(3E, E)``, or
+    ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` when kdim or vdim
+    differ from embed_dim; ``in_proj_bias`` ``(3E,)``; ``out_proj.weight``,
+    ``out_proj.bias``. Fresh modules are initialised like torch's (Xavier
+    uniform in-projections, zero biases, Kaiming uniform output projection).
+    To use a torch module's weights::
+
+        mha.load_state_dict({k: v.numpy() for k, v in torch_mha.state_dict().items()})
+    """
+
+    def __init__(self, embed_dim, num_heads, bias=True, kdim=None, vdim=None,
+                 batch_first=False, dtype=np.float32, seed=None):
+        for name, n in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                raise ValueError(f"{name} must be a positive integer, got {n!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in attention.FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.embed_dim = int(embed_dim)
+        self.num_heads = int(num_heads)
+        self.head_dim = self.embed_dim // self.num_heads
+        self.kdim = self.embed_dim if kdim is None else int(kdim)
+        self.vdim = self.embed_dim if vdim is None else int(vdim)
+        self.batch_first = bool(batch_first)
+        self._qkv_same_embed_dim = self.kdim == self.embed_dim and self.vdim == self.embed_dim
+
+        rng = np.random.default_rng(seed)
+        E = self.embed_dim
+
+        def xavier_uniform(rows, cols):
+            bound = math.sqrt(6.0 / (rows + cols))
+            return rng.uniform(-bound, bound, size=(rows, cols)).astype(self.dtype)
+
+        if self._qkv_same_embed_dim:
+            # torch treats the packed (3E, E) matrix as one: fan_out = 3E
+            self.in_proj_weight = xavier_uniform(3 * E, E)
+            self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
+        else:
+            self.in_proj_weight = None
+            self.q_proj_weight = xavier_uniform(E, E)
+            self.k_proj_weight = xavier_uniform(E, self.kdim)
+            self.v_proj_weight = xavier_uniform(E, self.vdim)
+        self.in_proj_bias = np.zeros(3 * E, dtype=self.dtype) if bias else None
+        bound = 1.0 / math.sqrt(E)      # nn.Linear's default (Kaiming uniform, a = sqrt 5)
+        self.out_proj = OutProjection(
+            rng.uniform(-bound, bound, size=(E, E)).astype(self.dtype),
+            np.zeros(E, dtype=self.dtype) if bias else None)
+
+    def _parameter_shapes(self):
+        """torch's state_dict keys, in torch's order, with their shapes."""
+        E = self.embed_dim
+        shapes = {}
+        if self._qkv_same_embed_dim:
+            shapes["in_proj_weight"] = (3 * E, E)
+        else:
+            shapes.update(q_proj_weight=(E, E), k_proj_weight=(E, self.kdim),
+                          v_proj_weight=(E, self.vdim))
+        if self.in_proj_bias is not None:
+            shapes["in_proj_bias"] = (3 * E,)
+        shapes["out_proj.weight"] = (E, E)
+        if self.out_proj.bias is not None:
+            shapes["out_proj.bias"] = (E,)
+        return shapes
+
+    def _get(self, name):
+        return getattr(self.out_proj, name[len("out_proj."):]) if name.startswith("out_proj.") \
+            else getattr(self, name)
+
+    def _set(self, name, array):
+        if name.startswith("out_proj."):
+            setattr(self.out_proj, name[len("out_proj."):], array)
+        else:
+            setattr(self, name, array)
+
+    def state_dict(self):
+        """The parameters as NumPy arrays, under torch's keys (not copies)."""
+        return {name: self._get(name) for name in self._parameter_shapes()}
+
+    def load_state_dict(self, state_dict):
+        """Take parameters from a dict of arrays with torch's keys; every key must
+        be present with its exact shape. Values are copied in the module's dtype."""
+        shapes = self._parameter_shapes()
+        missing = [name for name in shapes if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in shapes]
+        if missing or unexpected:
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                           f"{unexpected}")
+        arrays = {}
+        for name, shape in shapes.items():
+            array = np.asarray(state_dict[name])
+            if array.shape != shape:
+                raise ValueError(f"load_state_dict: {name} must have shape {shape}, "
+                                 f"got {array.shape}")
+            if array.dtype.kind not in "fiu":
+                raise TypeError(f"load_state_dict: {name} must be numeric, got {array.dtype}")
+            arrays[name] = np.array(array, dtype=self.dtype)
+        for name, array in arrays.items():
+            self._set(name, array)
+
+    def __call__(self, query, key, value, key_padding_mask=None, need_weights=True,
+                 attn_mask=None, average_attn_weights=True, is_causal=False, *,
+                 num_threads=None):
+        """``(output, weights or None)`` as ``torch.nn.MultiheadAttention.forward``;
+        see ``multi_head_attention`` for shapes and masks."""
+        return multi_head_attention(
+            query, key, value, self.num_heads, self.in_proj_weight, self.in_proj_bias,
+            self.out_proj.weight, self.out_proj.bias, q_proj_weight=self.q_proj_weight,
+            k_proj_weight=self.k_proj_weight, v_proj_weight=self.v_proj_weight,
+            key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights, is_causal=is_causal,
+            batch_first=self.batch_first, num_threads=num_threads)
+
+    def __repr__(self):
+        return (f"MultiHeadAttention(embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                f"kdim={self.kdim}, vdim={self.vdim}, batch_first={self.batch_first}, "
+                f"dtype={self.dtype})")

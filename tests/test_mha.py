@@ -1,0 +1,185 @@
+"""MultiHeadAttention against torch.nn.MultiheadAttention and a NumPy reference."""
+import numpy as np
+import pytest
+
+import fastattn
+from fastattn import MultiHeadAttention, multi_head_attention
+from tests.reference import reference_attention_with_weights, tolerance
+
+torch = pytest.importorskip("torch", reason="torch is not installed: `pip install torch==2.13.0`")
+
+
+def torch_pair(embed_dim, num_heads, dtype=np.float64, **kwargs):
+    """A torch module with random (non-zero) biases and the fastattn twin holding its weights."""
+    torch.manual_seed(0)
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    tm = torch.nn.MultiheadAttention(embed_dim, num_heads, dtype=tdtype, **kwargs).eval()
+    with torch.no_grad():
+        for p in tm.parameters():
+            if p.ndim == 1:
+                p.uniform_(-0.5, 0.5)
+    fm = MultiHeadAttention(embed_dim, num_heads, dtype=dtype, **kwargs)
+    fm.load_state_dict({k: v.numpy() for k, v in tm.state_dict().items()})
+    return tm, fm
+
+
+def run_torch(tm, *arrays, **kwargs):
+    def t(x):
+        return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    with torch.no_grad():
+        out, w = tm(*(t(a) for a in arrays), **{k: t(v) for k, v in kwargs.items()})
+    return out.numpy(), None if w is None else w.numpy()
+
+
+def assert_same(ours, theirs, dtype=np.float64):
+    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == np.float64 else tolerance(dtype)
+    np.testing.assert_allclose(ours[0], theirs[0], **tol)
+    if theirs[1] is None:
+        assert ours[1] is None
+    else:
+        np.testing.assert_allclose(ours[1], theirs[1], **tol)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("need_weights,average", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_self_attention(rng, batch_first, need_weights, average, bias):
+    tm, fm = torch_pair(16, 4, bias=bias, batch_first=batch_first)
+    x = rng.standard_normal((3, 7, 16) if batch_first else (7, 3, 16))
+    kwargs = dict(need_weights=need_weights, average_attn_weights=average)
+    assert_same(fm(x, x, x, **kwargs), run_torch(tm, x, x, x, **kwargs))
+
+
+@pytest.mark.parametrize("kdim,vdim", [(None, None), (5, 11), (16, 3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cross_attention(rng, kdim, vdim, bias):
+    tm, fm = torch_pair(16, 2, bias=bias, kdim=kdim, vdim=vdim)
+    q = rng.standard_normal((6, 2, 16))
+    k = rng.standard_normal((9, 2, kdim or 16))
+    v = rng.standard_normal((9, 2, vdim or 16))
+    assert_same(fm(q, k, v), run_torch(tm, q, k, v))
+    if kdim == vdim:
+        assert_same(fm(q, k, k), run_torch(tm, q, k, k))     # encoder-decoder: key is value
+
+
+def test_unbatched(rng):
+    tm, fm = torch_pair(12, 3)
+    x = rng.standard_normal((5, 12))
+    assert_same(fm(x, x, x), run_torch(tm, x, x, x))
+    kpm = np.array([False, True, False, False, True])
+    assert_same(fm(x, x, x, key_padding_mask=kpm, average_attn_weights=False),
+                run_torch(tm, x, x, x, key_padding_mask=kpm, average_attn_weights=False))
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+@pytest.mark.parametrize("mask_dtype", [bool, np.float64])
+@pytest.mark.parametrize("mask_dims", [2, 3])
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_masks(rng, mask_dtype, mask_dims, with_padding):
+    tm, fm = torch_pair(16, 4, batch_first=True)
+    x = rng.standard_normal((3, 7, 16))
+    shape = (7, 7) if mask_dims == 2 else (3 * 4, 7, 7)
+    if mask_dtype is bool:
+        attn_mask = rng.random(shape) < 0.3
+        attn_mask[..., 0] = False               # no fully masked rows (torch gives NaN)
+    else:
+        attn_mask = rng.standard_normal(shape)
+    kpm = None
+    if with_padding:
+        kpm = np.zeros((3, 7), dtype=bool)
+        kpm[1, 4:] = True
+        kpm[2, 1:3] = True
+    kwargs = dict(attn_mask=attn_mask, key_padding_mask=kpm, average_attn_weights=False)
+    assert_same(fm(x, x, x, **kwargs), run_torch(tm, x, x, x, **kwargs))
+    kwargs["need_weights"] = False
+    assert_same(fm(x, x, x, **kwargs), run_torch(tm, x, x, x, **kwargs))
+
+
+def test_causal_and_float_padding(rng):
+    tm, fm = torch_pair(16, 2)
+    x = rng.standard_normal((8, 2, 16))
+    causal = np.triu(np.ones((8, 8), dtype=bool), 1)
+    assert_same(fm(x, x, x, attn_mask=causal, is_causal=True),
+                run_torch(tm, x, x, x, attn_mask=causal, is_causal=True))
+    # without attn_mask torch refuses the hint; fastattn applies the causal mask
+    ours = fm(x, x, x, is_causal=True)
+    assert_same(ours, run_torch(tm, x, x, x, attn_mask=causal))
+    kpm = np.zeros((2, 8))
+    kpm[0, 5:] = -np.inf
+    assert_same(fm(x, x, x, key_padding_mask=kpm), run_torch(tm, x, x, x, key_padding_mask=kpm))
+
+
+def test_float32(rng):
+    tm, fm = torch_pair(32, 4, dtype=np.float32, batch_first=True)
+    x = rng.standard_normal((2, 40, 32)).astype(np.float32)
+    out = fm(x, x, x)
+    assert out[0].dtype == np.float32 and out[1].dtype == np.float32
+    assert_same(out, run_torch(tm, x, x, x), dtype=np.float32)
+
+
+def test_against_numpy_reference(rng):
+    """The NumPy-only check: projections, per-head reference attention, output projection."""
+    fm = MultiHeadAttention(12, 3, dtype=np.float64, seed=1, batch_first=True)
+    fm.in_proj_bias[:] = rng.standard_normal(36)
+    x = rng.standard_normal((2, 5, 12))
+    out, weights = fm(x, x, x, average_attn_weights=False)
+    q, k, v = np.split(x @ fm.in_proj_weight.T + fm.in_proj_bias, 3, axis=-1)
+    heads = [a.reshape(2, 5, 3, 4).transpose(0, 2, 1, 3) for a in (q, k, v)]
+    ref_out, ref_weights = reference_attention_with_weights(*heads)
+    ref_out = ref_out.transpose(0, 2, 1, 3).reshape(2, 5, 12) @ fm.out_proj.weight.T \
+        + fm.out_proj.bias
+    np.testing.assert_allclose(out, ref_out, atol=1e-12)
+    np.testing.assert_allclose(weights, ref_weights, atol=1e-12)
+
+
+def test_state_dict_round_trip_and_init():
+    tm = torch.nn.MultiheadAttention(64, 8, kdim=32, vdim=48)
+    fm = MultiHeadAttention(64, 8, kdim=32, vdim=48, seed=0)
+    theirs = tm.state_dict()
+    ours = fm.state_dict()
+    assert list(ours) == list(theirs)
+    for name in ours:
+        assert ours[name].shape == tuple(theirs[name].shape)
+    # Xavier uniform: variance bound^2 / 3 with bound sqrt(6 / (fan_in + fan_out))
+    np.testing.assert_allclose(fm.q_proj_weight.std(), np.sqrt(2 / 128), rtol=0.1)
+    assert np.abs(fm.out_proj.weight).max() <= 1 / 8
+    np.testing.assert_array_equal(fm.in_proj_bias, 0)
+    packed = MultiHeadAttention(64, 8, seed=0)
+    assert np.abs(packed.in_proj_weight).max() <= np.sqrt(6 / (64 + 192))
+    np.testing.assert_array_equal(MultiHeadAttention(8, 2, seed=3).in_proj_weight,
+                                  MultiHeadAttention(8, 2, seed=3).in_proj_weight)
+
+
+def test_functional_form_matches_module(rng):
+    fm = MultiHeadAttention(16, 4, dtype=np.float64, seed=2)
+    x = rng.standard_normal((5, 2, 16))
+    out = multi_head_attention(x, x, x, 4, fm.in_proj_weight, fm.in_proj_bias,
+                               fm.out_proj.weight, fm.out_proj.bias)
+    expected = fm(x, x, x)
+    np.testing.assert_array_equal(out[0], expected[0])
+    np.testing.assert_array_equal(out[1], expected[1])
+
+
+def test_bad_inputs(rng):
+    fm = MultiHeadAttention(16, 4, dtype=np.float64)
+    x = rng.standard_normal((5, 2, 16))
+    with pytest.raises(ValueError, match=r"embed_dim 10 must be divisible by num_heads 4"):
+        MultiHeadAttention(10, 4)
+    with pytest.raises(ValueError, match=r"in_proj_weight must have shape \(48, 16\), got \(48, 12\)"):
+        multi_head_attention(x, x, x, 4, np.zeros((48, 12)), None, np.zeros((16, 16)), None)
+    with pytest.raises(ValueError, match=r"in_proj_weight must have shape \(48, 16\)"):
+        fm.load_state_dict({**fm.state_dict(), "in_proj_weight": np.zeros((48, 12))}) or fm(x, x, x)
+    with pytest.raises(KeyError, match=r"missing keys \['out_proj.bias'\]"):
+        fm.load_state_dict({k: v for k, v in fm.state_dict().items() if k != "out_proj.bias"})
+    with pytest.raises(ValueError, match=r"attn_mask must have shape \(5, 5\) or \(8, 5, 5\), got \(4, 5\)"):
+        fm(x, x, x, attn_mask=np.zeros((4, 5), dtype=bool))
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(2, 5\), got \(5, 2\)"):
+        fm(x, x, x, key_padding_mask=np.zeros((5, 2), dtype=bool))
+    with pytest.raises(ValueError, match=r"embed_dim 16 is not divisible by num_heads 3"):
+        multi_head_attention(x, x, x, 3, fm.in_proj_weight, None, fm.out_proj.weight, None)
+    with pytest.raises(TypeError, match=r"query must have dtype float64 \(the module's\), got float32"):
+        fm(x.astype(np.float32), x, x)
+    with pytest.raises(ValueError, match=r"key must have 3 dimensions like query"):
+        fm(x, x[0], x[0])
+    with pytest.raises(ValueError, match=r"in_proj_weight needs key and value with embed_dim 16"):
+        fm(x, rng.standard_normal((5, 2, 8)), rng.standard_normal((5, 2, 8)))
