@@ -31,7 +31,21 @@ cdef extern from "fa_attention.h" nogil:
         Py_ssize_t tile_queries, tile_keys
         double scale
 
+    ctypedef struct fa_linear_job:
+        const void *x
+        Py_ssize_t x_row_stride, x_col_stride
+        const void *packed_weight_t
+        Py_ssize_t panel_cols
+        const void *bias
+        void *out
+        Py_ssize_t out_row_stride
+        Py_ssize_t depth
+
     ctypedef void (*fa_attend_fn)(const fa_job *job, void *scratch) noexcept nogil
+    ctypedef void (*fa_linear_fn)(const fa_linear_job *job, Py_ssize_t row_start,
+                                  Py_ssize_t n_rows, Py_ssize_t col_start, Py_ssize_t n_cols,
+                                  void *scratch) noexcept nogil
+    ctypedef size_t (*fa_linear_scratch_fn)(Py_ssize_t, Py_ssize_t) noexcept nogil
     ctypedef size_t (*fa_scratch_bytes_fn)(Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                            Py_ssize_t) noexcept nogil
 
@@ -40,6 +54,8 @@ cdef extern from "fa_attention.h" nogil:
         int lanes_f32, lanes_f64
         fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64
         fa_attend_fn attend_f32, attend_f64
+        fa_linear_scratch_fn linear_scratch_bytes_f32, linear_scratch_bytes_f64
+        fa_linear_fn linear_f32, linear_f64
 
     const fa_kernel_table *fa_kernel_table_for(int isa)
     int fa_cpu_supports(int isa)

@@ -12,7 +12,8 @@ from libc.stdlib cimport free, malloc
 
 from fastattn._kernels cimport (
     FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, fa_attend_fn, fa_cpu_supports,
-    fa_job, fa_kernel_table, fa_kernel_table_for, fa_openmp_enabled, fa_openmp_max_threads,
+    fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
+    fa_openmp_enabled, fa_openmp_max_threads,
 )
 
 cnp.import_array()
@@ -174,5 +175,66 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
         free(scratch)
     # end of the nogil parallel block
     free(dims)
+    if allocation_failed[0]:
+        raise MemoryError(f"fastattn: could not allocate {scratch_bytes} bytes of scratch per thread")
+
+
+# Projection tiles: rows x one column panel; the panel is as wide as the widest
+# register block (4 AVX-512 vectors of float), the rows a multiple of 6 rows.
+cdef enum:
+    LINEAR_TILE_ROWS = 96
+    LINEAR_PANEL_COLS = 64
+
+PACK_COLUMNS = LINEAR_PANEL_COLS     # columns per panel of the packed W^T
+
+
+def linear(cnp.ndarray x, cnp.ndarray packed_weight_t, Py_ssize_t n_cols, object bias,
+           cnp.ndarray out, str isa, int num_threads):
+    """out (M, n_cols) = x (M, K) . W^T + bias, with W^T packed in panels
+    (n_panels, K, PACK_COLUMNS), C-contiguous, zero-padded, 64-byte aligned. Runs the kernels'
+    micro-kernel on this module's OpenMP threads: no BLAS thread pool to wake, or
+    to keep spinning against the attention that follows. Validated by the caller:
+    2-D arrays of one float dtype, aligned, ``out`` with contiguous columns."""
+    cdef const fa_kernel_table *table = fa_kernel_table_for(ISA_NAMES.index(isa))
+    cdef Py_ssize_t itemsize = x.dtype.itemsize
+    cdef bint is_f64 = itemsize == 8
+    cdef fa_linear_fn tile_fn = table.linear_f64 if is_f64 else table.linear_f32
+    cdef size_t scratch_bytes = (table.linear_scratch_bytes_f64 if is_f64
+                                 else table.linear_scratch_bytes_f32)(LINEAR_TILE_ROWS,
+                                                                      LINEAR_PANEL_COLS)
+    cdef Py_ssize_t n_rows = x.shape[0]
+    if n_rows == 0 or n_cols == 0:
+        return
+
+    cdef fa_linear_job job
+    job.x = cnp.PyArray_DATA(x)
+    job.x_row_stride = x.strides[0] // itemsize
+    job.x_col_stride = x.strides[1] // itemsize
+    job.packed_weight_t = cnp.PyArray_DATA(packed_weight_t)
+    job.panel_cols = LINEAR_PANEL_COLS
+    job.bias = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+    job.out = cnp.PyArray_DATA(out)
+    job.out_row_stride = out.strides[0] // itemsize
+    job.depth = x.shape[1]
+
+    cdef Py_ssize_t n_panels = (n_cols + LINEAR_PANEL_COLS - 1) // LINEAR_PANEL_COLS
+    cdef Py_ssize_t n_tiles = (n_rows + LINEAR_TILE_ROWS - 1) // LINEAR_TILE_ROWS * n_panels
+    cdef int n_threads = <int>min(num_threads, n_tiles)
+    cdef Py_ssize_t tile, row0, col0
+    cdef void *scratch
+    cdef int allocation_failed[1]
+    allocation_failed[0] = 0
+    with nogil, parallel(num_threads=n_threads):
+        scratch = malloc(scratch_bytes)
+        if scratch == NULL:
+            allocation_failed[0] = 1
+        for tile in prange(n_tiles, schedule="dynamic"):
+            if scratch != NULL:
+                row0 = (tile // n_panels) * LINEAR_TILE_ROWS
+                col0 = (tile % n_panels) * LINEAR_PANEL_COLS
+                tile_fn(&job, row0, min(<Py_ssize_t>LINEAR_TILE_ROWS, n_rows - row0), col0,
+                        min(<Py_ssize_t>LINEAR_PANEL_COLS, n_cols - col0), scratch)
+        free(scratch)
+    # end of the nogil parallel block
     if allocation_failed[0]:
         raise MemoryError(f"fastattn: could not allocate {scratch_bytes} bytes of scratch per thread")

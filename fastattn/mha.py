@@ -1,10 +1,12 @@
 """Multi-head attention compatible with ``torch.nn.MultiheadAttention`` (torch 2.13).
 
-The projections are NumPy matmuls (BLAS); self-attention projects q, k and v
-with one GEMM on the packed ``in_proj_weight``. Heads are split by reshaping
-and transposing views, never by copying, and the fused kernel writes every
-head's output straight into the (batch, L, embed_dim) buffer that the output
-projection then reads.
+The projections are GEMMs on fastattn's own micro-kernel and OpenMP threads
+(``fastattn.linear``: NumPy's BLAS would leave its threads spinning against the
+attention kernel); self-attention projects q, k and v with one GEMM on the
+packed ``in_proj_weight``, and the module keeps its weights packed. Heads are
+split by reshaping and transposing views, never by copying, and the fused
+kernel writes every head's output straight into the buffer, laid out as the
+caller's output, that the output projection then reads.
 
 Masks follow torch's ``nn.MultiheadAttention`` conventions, which are the
 opposite of ``scaled_dot_product_attention``'s for booleans: in
@@ -16,6 +18,7 @@ import numbers
 import numpy as np
 
 from fastattn import attention
+from fastattn.linear import linear, pack_weight
 
 __all__ = ["MultiHeadAttention", "multi_head_attention"]
 
@@ -56,19 +59,16 @@ def _combine_masks(first, second):
     return additive(first) + additive(second)
 
 
-def _project(x, weight, bias):
-    """x @ weight.T + bias through BLAS, in place for the bias."""
-    out = np.matmul(x, weight.T)
-    if bias is not None:
-        out += bias
-    return out
+def _pack_each_time(key, weight):
+    return pack_weight(weight)
 
 
 def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_bias,
                          out_proj_weight, out_proj_bias, *, q_proj_weight=None,
                          k_proj_weight=None, v_proj_weight=None, key_padding_mask=None,
                          need_weights=True, attn_mask=None, average_attn_weights=True,
-                         is_causal=False, batch_first=False, num_threads=None):
+                         is_causal=False, batch_first=False, num_threads=None,
+                         _pack=_pack_each_time):
     """Multi-head attention with weights you hold yourself.
 
     Shapes as ``torch.nn.MultiheadAttention``: query ``(L, N, E)`` (``(N, L, E)``
@@ -86,6 +86,8 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     weights ``(N, L, S)`` averaged over heads or ``(N, num_heads, L, S)`` when
     ``need_weights``, else None (and then the L x S weights are never stored).
     A query whose keys are all masked gets zeros, where torch gives NaN.
+    The weights are packed for the kernels on every call (~1 ms for 512 x 1536);
+    ``MultiHeadAttention`` packs them once.
     """
     out_proj_weight = np.asarray(out_proj_weight)
     dtype = out_proj_weight.dtype
@@ -105,23 +107,29 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
         if array.ndim != q_in.ndim:
             raise ValueError(f"{name} must have {q_in.ndim} dimensions like query "
                              f"{q_in.shape}, got shape {array.shape}")
-    # work in (N, L, E): views, no copies
-    if not batched:
-        q_in, k_in, v_in = q_in[None], k_in[None], v_in[None]
-    elif not batch_first:
-        q_in, k_in, v_in = (a.swapaxes(0, 1) for a in (q_in, k_in, v_in))
-    n_batch, n_queries, embed_dim = q_in.shape
-    n_keys = k_in.shape[1]
-    if k_in.shape[0] != n_batch or v_in.shape[0] != n_batch:
+
+    # projections run on the arrays as laid out; nle() views them as (N, L, E)
+    def nle(x):
+        if not batched:
+            return x[None]
+        return x if batch_first else x.swapaxes(0, 1)
+
+    n_batch, n_queries, embed_dim = nle(q_in).shape
+    n_keys = nle(k_in).shape[1]
+    if nle(k_in).shape[0] != n_batch or nle(v_in).shape[0] != n_batch:
         raise ValueError(f"query, key and value must have the same batch size, got shapes "
-                         f"{query.shape}, {key.shape} and {value.shape}")
-    if v_in.shape[1] != n_keys:
+                         f"{q_in.shape}, {k_in.shape} and {v_in.shape}")
+    if nle(v_in).shape[1] != n_keys:
         raise ValueError(f"key and value must have the same length S, got shapes "
-                         f"{key.shape} and {value.shape}")
+                         f"{k_in.shape} and {v_in.shape}")
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
     head_dim = embed_dim // num_heads
-    kdim, vdim = k_in.shape[2], v_in.shape[2]
+    kdim, vdim = k_in.shape[-1], v_in.shape[-1]
+    threads = attention._thread_count(num_threads)
+
+    def project(x, key, weight, bias):
+        return linear(x, _pack(key, weight), weight.shape[0], bias, num_threads=threads)
 
     _check_shape(out_proj_weight, (embed_dim, embed_dim), "out_proj_weight")
     if out_proj_bias is not None:
@@ -141,14 +149,14 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
                              f"{embed_dim} features, got {kdim} and {vdim}; use "
                              f"q/k/v_proj_weight for kdim/vdim != embed_dim")
         if query is key and key is value:       # self-attention: one GEMM for q, k, v
-            q, k, v = np.split(_project(q_in, weight, in_proj_bias), 3, axis=-1)
+            q, k, v = np.split(project(q_in, "qkv", weight, in_proj_bias), 3, axis=-1)
         elif key is value:                      # encoder-decoder: one GEMM for k, v
-            q = _project(q_in, weight[:embed_dim], biases[0])
+            q = project(q_in, "q", weight[:embed_dim], biases[0])
             kv_bias = None if in_proj_bias is None else in_proj_bias[embed_dim:]
-            k, v = np.split(_project(k_in, weight[embed_dim:], kv_bias), 2, axis=-1)
+            k, v = np.split(project(k_in, "kv", weight[embed_dim:], kv_bias), 2, axis=-1)
         else:
-            q, k, v = (_project(x, w, b) for x, w, b in
-                       zip((q_in, k_in, v_in), np.split(weight, 3), biases))
+            q, k, v = (project(x, name, w, b) for x, name, w, b in
+                       zip((q_in, k_in, v_in), "qkv", np.split(weight, 3), biases))
     else:
         weights_in = []
         for name, w, features in (("q_proj_weight", q_proj_weight, embed_dim),
@@ -159,7 +167,9 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
             w = _array(w, name, dtype)
             _check_shape(w, (embed_dim, features), name)
             weights_in.append(w)
-        q, k, v = (_project(x, w, b) for x, w, b in zip((q_in, k_in, v_in), weights_in, biases))
+        q, k, v = (project(x, name, w, b) for x, name, w, b in
+                   zip((q_in, k_in, v_in), "qkv", weights_in, biases))
+    q, k, v = nle(q), nle(k), nle(v)
 
     # (N, L, E) -> (N, H, L, D) by strides
     def heads(x):
@@ -189,9 +199,9 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     else:
         attended = attended_nle = np.empty((n_batch, n_queries, embed_dim), dtype=dtype)
     _, weights = attention._attend(
-        heads(q), heads(k), heads(v), mask, bool(is_causal), None, False, num_threads,
+        heads(q), heads(k), heads(v), mask, bool(is_causal), None, False, threads,
         with_weights=bool(need_weights), out=heads(attended_nle))
-    output = _project(attended if batched else attended[0], out_proj_weight, out_proj_bias)
+    output = project(attended if batched else attended[0], "out", out_proj_weight, out_proj_bias)
 
     if weights is not None:
         if average_attn_weights:
@@ -201,12 +211,44 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     return output, weights
 
 
+class _Parameter:
+    """A parameter array: stored read-only in the owner's dtype (so that a packed
+    copy can never go stale behind the owner's back), shape-checked on
+    assignment, which also drops the packed copy."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else obj.__dict__.get(self.name)
+
+    def __set__(self, obj, value):
+        if value is not None:
+            expected = obj._parameter_shape(self.name)
+            array = np.array(value, dtype=obj.dtype)    # a copy the owner alone holds
+            if expected is None or array.shape != expected:
+                raise ValueError(f"{self.name} must have shape {expected}, got {array.shape}")
+            array.flags.writeable = False
+            value = array
+        obj.__dict__[self.name] = value
+        obj._packed.clear()
+
+
 class OutProjection:
     """The output projection's parameters, as ``torch_mha.out_proj``."""
 
-    def __init__(self, weight, bias):
+    weight = _Parameter()
+    bias = _Parameter()
+
+    def __init__(self, embed_dim, dtype, weight, bias):
+        self.dtype = dtype
+        self._shapes = {"weight": (embed_dim, embed_dim), "bias": (embed_dim,)}
+        self._packed = {}
         self.weight = weight
         self.bias = bias
+
+    def _parameter_shape(self, name):
+        return self._shapes[name]
 
 
 class MultiHeadAttention:
@@ -220,7 +262,17 @@ class MultiHeadAttention:
     To use a torch module's weights::
 
         mha.load_state_dict({k: v.numpy() for k, v in torch_mha.state_dict().items()})
+
+    The arrays are read-only: assign a new array to change one (``mha.in_proj_bias
+    = b``), which checks its shape; the module keeps its weights packed for the
+    kernels and repacks on assignment.
     """
+
+    in_proj_weight = _Parameter()
+    q_proj_weight = _Parameter()
+    k_proj_weight = _Parameter()
+    v_proj_weight = _Parameter()
+    in_proj_bias = _Parameter()
 
     def __init__(self, embed_dim, num_heads, bias=True, kdim=None, vdim=None,
                  batch_first=False, dtype=np.float32, seed=None):
@@ -239,28 +291,27 @@ class MultiHeadAttention:
         self.vdim = self.embed_dim if vdim is None else int(vdim)
         self.batch_first = bool(batch_first)
         self._qkv_same_embed_dim = self.kdim == self.embed_dim and self.vdim == self.embed_dim
+        self._has_bias = bool(bias)
+        self._packed = {}
 
         rng = np.random.default_rng(seed)
         E = self.embed_dim
 
         def xavier_uniform(rows, cols):
             bound = math.sqrt(6.0 / (rows + cols))
-            return rng.uniform(-bound, bound, size=(rows, cols)).astype(self.dtype)
+            return rng.uniform(-bound, bound, size=(rows, cols))
 
         if self._qkv_same_embed_dim:
             # torch treats the packed (3E, E) matrix as one: fan_out = 3E
             self.in_proj_weight = xavier_uniform(3 * E, E)
-            self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
         else:
-            self.in_proj_weight = None
             self.q_proj_weight = xavier_uniform(E, E)
             self.k_proj_weight = xavier_uniform(E, self.kdim)
             self.v_proj_weight = xavier_uniform(E, self.vdim)
-        self.in_proj_bias = np.zeros(3 * E, dtype=self.dtype) if bias else None
+        self.in_proj_bias = np.zeros(3 * E) if bias else None
         bound = 1.0 / math.sqrt(E)      # nn.Linear's default (Kaiming uniform, a = sqrt 5)
-        self.out_proj = OutProjection(
-            rng.uniform(-bound, bound, size=(E, E)).astype(self.dtype),
-            np.zeros(E, dtype=self.dtype) if bias else None)
+        self.out_proj = OutProjection(E, self.dtype, rng.uniform(-bound, bound, size=(E, E)),
+                                      np.zeros(E) if bias else None)
 
     def _parameter_shapes(self):
         """torch's state_dict keys, in torch's order, with their shapes."""
@@ -271,26 +322,25 @@ class MultiHeadAttention:
         else:
             shapes.update(q_proj_weight=(E, E), k_proj_weight=(E, self.kdim),
                           v_proj_weight=(E, self.vdim))
-        if self.in_proj_bias is not None:
+        if self._has_bias:
             shapes["in_proj_bias"] = (3 * E,)
         shapes["out_proj.weight"] = (E, E)
-        if self.out_proj.bias is not None:
+        if self._has_bias:
             shapes["out_proj.bias"] = (E,)
         return shapes
 
-    def _get(self, name):
-        return getattr(self.out_proj, name[len("out_proj."):]) if name.startswith("out_proj.") \
-            else getattr(self, name)
+    def _parameter_shape(self, name):
+        return self._parameter_shapes().get(name)
 
-    def _set(self, name, array):
+    def _holder(self, name):
+        """(object, attribute) of a state_dict key."""
         if name.startswith("out_proj."):
-            setattr(self.out_proj, name[len("out_proj."):], array)
-        else:
-            setattr(self, name, array)
+            return self.out_proj, name[len("out_proj."):]
+        return self, name
 
     def state_dict(self):
-        """The parameters as NumPy arrays, under torch's keys (not copies)."""
-        return {name: self._get(name) for name in self._parameter_shapes()}
+        """The parameters as (read-only) NumPy arrays, under torch's keys."""
+        return {name: getattr(*self._holder(name)) for name in self._parameter_shapes()}
 
     def load_state_dict(self, state_dict):
         """Take parameters from a dict of arrays with torch's keys; every key must
@@ -301,7 +351,6 @@ class MultiHeadAttention:
         if missing or unexpected:
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
                            f"{unexpected}")
-        arrays = {}
         for name, shape in shapes.items():
             array = np.asarray(state_dict[name])
             if array.shape != shape:
@@ -309,9 +358,15 @@ class MultiHeadAttention:
                                  f"got {array.shape}")
             if array.dtype.kind not in "fiu":
                 raise TypeError(f"load_state_dict: {name} must be numeric, got {array.dtype}")
-            arrays[name] = np.array(array, dtype=self.dtype)
-        for name, array in arrays.items():
-            self._set(name, array)
+        for name in shapes:
+            setattr(*self._holder(name), state_dict[name])
+
+    def _pack(self, key, weight):
+        """The packed form of a weight, kept until a parameter is assigned."""
+        cache = self.out_proj._packed if key == "out" else self._packed
+        if key not in cache:
+            cache[key] = pack_weight(weight)
+        return cache[key]
 
     def __call__(self, query, key, value, key_padding_mask=None, need_weights=True,
                  attn_mask=None, average_attn_weights=True, is_causal=False, *,
@@ -324,7 +379,7 @@ class MultiHeadAttention:
             k_proj_weight=self.k_proj_weight, v_proj_weight=self.v_proj_weight,
             key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
             average_attn_weights=average_attn_weights, is_causal=is_causal,
-            batch_first=self.batch_first, num_threads=num_threads)
+            batch_first=self.batch_first, num_threads=num_threads, _pack=self._pack)
 
     def __repr__(self):
         return (f"MultiHeadAttention(embed_dim={self.embed_dim}, num_heads={self.num_heads}, "

@@ -120,7 +120,7 @@ def test_float32(rng):
 def test_against_numpy_reference(rng):
     """The NumPy-only check: projections, per-head reference attention, output projection."""
     fm = MultiHeadAttention(12, 3, dtype=np.float64, seed=1, batch_first=True)
-    fm.in_proj_bias[:] = rng.standard_normal(36)
+    fm.in_proj_bias = rng.standard_normal(36)
     x = rng.standard_normal((2, 5, 12))
     out, weights = fm(x, x, x, average_attn_weights=False)
     q, k, v = np.split(x @ fm.in_proj_weight.T + fm.in_proj_bias, 3, axis=-1)
@@ -183,3 +183,35 @@ def test_bad_inputs(rng):
         fm(x, x[0], x[0])
     with pytest.raises(ValueError, match=r"in_proj_weight needs key and value with embed_dim 16"):
         fm(x, rng.standard_normal((5, 2, 8)), rng.standard_normal((5, 2, 8)))
+
+
+def test_parameters_are_read_only_and_assignment_repacks(rng):
+    tm, fm = torch_pair(16, 4)
+    x = rng.standard_normal((5, 2, 16))
+    before = fm(x, x, x)[0]
+    with pytest.raises(ValueError, match="read-only"):
+        fm.in_proj_weight[0, 0] = 1.0
+    with pytest.raises(ValueError, match=r"in_proj_weight must have shape \(48, 16\), got \(16, 16\)"):
+        fm.in_proj_weight = np.zeros((16, 16))
+    new_weight = rng.standard_normal((48, 16))
+    fm.in_proj_weight = new_weight                      # the packed copy must follow
+    fm.out_proj.weight = np.eye(16)
+    with torch.no_grad():
+        tm.in_proj_weight.copy_(torch.from_numpy(new_weight))
+        tm.out_proj.weight.copy_(torch.eye(16, dtype=torch.float64))
+    after = fm(x, x, x)
+    assert not np.allclose(after[0], before)
+    assert_same(after, run_torch(tm, x, x, x))
+
+
+def test_sdpa_linear_matches_numpy(rng):
+    from fastattn.linear import linear, pack_weight
+    for dtype in (np.float32, np.float64):
+        for rows, depth, cols in [(1, 1, 1), (7, 5, 3), (130, 300, 200), (97, 64, 64)]:
+            x = rng.standard_normal((rows, depth)).astype(dtype)
+            w = rng.standard_normal((cols, depth)).astype(dtype)
+            b = rng.standard_normal(cols).astype(dtype)
+            expected = x.astype(np.float64) @ w.T.astype(np.float64) + b
+            np.testing.assert_allclose(linear(x, pack_weight(w), cols, b), expected,
+                                       rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                       atol=1e-4 if dtype == np.float32 else 1e-12)

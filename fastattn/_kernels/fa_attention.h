@@ -31,7 +31,21 @@ typedef struct {
     double scale;
 } fa_job;
 
+/* A projection out = x . W^T + bias, cut into tiles (rows x column panels). */
+typedef struct {
+    const void *x;               ptrdiff_t x_row_stride, x_col_stride;
+    /* W^T in panels of panel_cols columns, each panel depth x panel_cols, contiguous,
+     * so that the rows a tile streams through are adjacent in memory */
+    const void *packed_weight_t; ptrdiff_t panel_cols;
+    const void *bias;            /* NULL: none */
+    void *out;                   ptrdiff_t out_row_stride;     /* columns contiguous */
+    ptrdiff_t depth;             /* in features */
+} fa_linear_job;
+
 typedef void (*fa_attend_fn)(const fa_job *job, void *scratch);
+typedef void (*fa_linear_fn)(const fa_linear_job *job, ptrdiff_t row_start, ptrdiff_t n_rows,
+                             ptrdiff_t col_start, ptrdiff_t n_cols, void *scratch);
+typedef size_t (*fa_linear_scratch_fn)(ptrdiff_t tile_rows, ptrdiff_t panel_cols);
 typedef size_t (*fa_scratch_bytes_fn)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
                                       ptrdiff_t head_dim, ptrdiff_t value_dim);
 
@@ -40,6 +54,8 @@ typedef struct {
     int lanes_f32, lanes_f64;               /* tile_queries must be a multiple of these */
     fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64;
     fa_attend_fn attend_f32, attend_f64;
+    fa_linear_scratch_fn linear_scratch_bytes_f32, linear_scratch_bytes_f64;
+    fa_linear_fn linear_f32, linear_f64;
 } fa_kernel_table;
 
 /* NULL when `isa` is out of range. Does not check the CPU: see fa_cpu_supports. */
@@ -53,7 +69,13 @@ int fa_cpu_supports(int isa);
     void fa_attend_f32_##suffix(const fa_job *, void *);                              \
     void fa_attend_f64_##suffix(const fa_job *, void *);                              \
     int fa_lanes_f32_##suffix(void);                                                  \
-    int fa_lanes_f64_##suffix(void);
+    int fa_lanes_f64_##suffix(void);                                                  \
+    size_t fa_linear_scratch_bytes_f32_##suffix(ptrdiff_t, ptrdiff_t);                \
+    size_t fa_linear_scratch_bytes_f64_##suffix(ptrdiff_t, ptrdiff_t);                \
+    void fa_linear_tile_f32_##suffix(const fa_linear_job *, ptrdiff_t, ptrdiff_t,     \
+                                     ptrdiff_t, ptrdiff_t, void *);                   \
+    void fa_linear_tile_f64_##suffix(const fa_linear_job *, ptrdiff_t, ptrdiff_t,     \
+                                     ptrdiff_t, ptrdiff_t, void *);
 FA_DECLARE_ISA(baseline)
 FA_DECLARE_ISA(avx2)
 FA_DECLARE_ISA(avx512)

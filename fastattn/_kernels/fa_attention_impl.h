@@ -72,34 +72,35 @@ size_t FN(fa_scratch_bytes)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
 
 int FN(fa_lanes)(void) { return LANES; }
 
-/* scores[r][c] = sum_e key[r][e] * packed_query[e][c] for a rows x (vecs * LANES)
- * block. `rows` and `vecs` are constants at every call, so the accumulators live
- * in registers. */
-FA_INLINE void FN(score_block)(const int vecs, const int rows,
-                               const REAL *key, ptrdiff_t key_row, ptrdiff_t key_col,
-                               const REAL *packed_query, ptrdiff_t width, ptrdiff_t head_dim,
-                               REAL *scores)
+/* c[r][:] (+)= sum_e a[r][e] * b[e][:] for a rows x (vecs * LANES) block: the
+ * scores (a = K, b = Qt) and the projections (a = X, b = W^T). `rows` and `vecs`
+ * are constants at every call, so the accumulators live in registers. */
+FA_INLINE void FN(gemm_block)(const int vecs, const int rows,
+                              const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col,
+                              const REAL *b, ptrdiff_t b_row, ptrdiff_t depth,
+                              REAL *c, ptrdiff_t c_row, int accumulate)
 {
     VREAL acc[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
     for (int r = 0; r < rows; ++r)
 #pragma GCC unroll 8
-        for (int c = 0; c < vecs; ++c) acc[r][c] = VSPLAT(0);
-    for (ptrdiff_t e = 0; e < head_dim; ++e) {
-        VREAL q[FA_MAX_BLOCK_VECS];
+        for (int v = 0; v < vecs; ++v)
+            acc[r][v] = accumulate ? VLOAD(c + r * c_row + v * LANES) : VSPLAT(0);
+    for (ptrdiff_t e = 0; e < depth; ++e) {
+        VREAL bv[FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
-        for (int c = 0; c < vecs; ++c) q[c] = VLOAD(packed_query + e * width + c * LANES);
+        for (int v = 0; v < vecs; ++v) bv[v] = VLOAD(b + e * b_row + v * LANES);
 #pragma GCC unroll 8
         for (int r = 0; r < rows; ++r) {
-            const REAL k = key[r * key_row + e * key_col];
+            const REAL x = a[r * a_row + e * a_col];
 #pragma GCC unroll 8
-            for (int c = 0; c < vecs; ++c) acc[r][c] += q[c] * k;
+            for (int v = 0; v < vecs; ++v) acc[r][v] += bv[v] * x;
         }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < rows; ++r)
 #pragma GCC unroll 8
-        for (int c = 0; c < vecs; ++c) VSTORE(scores + r * width + c * LANES, acc[r][c]);
+        for (int v = 0; v < vecs; ++v) VSTORE(c + r * c_row + v * LANES, acc[r][v]);
 }
 
 /* acc[r] = acc[r] * rescale[r] + sum_j probs[j][r] * value[j] for a rows x
@@ -145,23 +146,24 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows,
     default: kernel(4, __VA_ARGS__); break;  \
     }
 
-/* scores (n_keys x width) = key (n_keys x head_dim) . packed_query (head_dim x width) */
-static void FN(compute_scores)(const REAL *key, ptrdiff_t key_row, ptrdiff_t key_col,
-                               ptrdiff_t n_keys, const REAL *packed_query, ptrdiff_t width,
-                               ptrdiff_t head_dim, REAL *scores)
+/* c (rows x width) (+)= a (rows x depth, any strides) . b (depth x width, rows
+ * b_row apart); width is a multiple of LANES, c rows are c_row apart. */
+static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
+                            const REAL *b, ptrdiff_t b_row, ptrdiff_t width, ptrdiff_t depth,
+                            REAL *c, ptrdiff_t c_row, int accumulate)
 {
     const ptrdiff_t n_vecs = width / LANES;
-    for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_SCORE_VECS) {
-        const int vecs = (int)(n_vecs - c0 < FA_SCORE_VECS ? n_vecs - c0 : FA_SCORE_VECS);
-        const REAL *q = packed_query + c0 * LANES;
-        REAL *s = scores + c0 * LANES;
-        ptrdiff_t j = 0;
-        for (; j + FA_SCORE_ROWS <= n_keys; j += FA_SCORE_ROWS)
-            FA_DISPATCH_VECS(FN(score_block), vecs, FA_SCORE_ROWS, key + j * key_row,
-                             key_row, key_col, q, width, head_dim, s + j * width)
-        for (; j < n_keys; ++j)
-            FA_DISPATCH_VECS(FN(score_block), vecs, 1, key + j * key_row,
-                             key_row, key_col, q, width, head_dim, s + j * width)
+    for (ptrdiff_t v0 = 0; v0 < n_vecs; v0 += FA_SCORE_VECS) {
+        const int vecs = (int)(n_vecs - v0 < FA_SCORE_VECS ? n_vecs - v0 : FA_SCORE_VECS);
+        const REAL *bp = b + v0 * LANES;
+        REAL *cp = c + v0 * LANES;
+        ptrdiff_t r = 0;
+        for (; r + FA_SCORE_ROWS <= rows; r += FA_SCORE_ROWS)
+            FA_DISPATCH_VECS(FN(gemm_block), vecs, FA_SCORE_ROWS, a + r * a_row, a_row, a_col,
+                             bp, b_row, depth, cp + r * c_row, c_row, accumulate)
+        for (; r < rows; ++r)
+            FA_DISPATCH_VECS(FN(gemm_block), vecs, 1, a + r * a_row, a_row, a_col,
+                             bp, b_row, depth, cp + r * c_row, c_row, accumulate)
     }
 }
 
@@ -366,8 +368,10 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
 
     for (ptrdiff_t k0 = 0; k0 < n_keys; k0 += job->tile_keys) {
         const ptrdiff_t nk = n_keys - k0 < job->tile_keys ? n_keys - k0 : job->tile_keys;
-        FN(compute_scores)(key + k0 * job->key_row_stride, job->key_row_stride,
-                           job->key_col_stride, nk, w.packed_query, width, head_dim, w.scores);
+        /* S (nk x width) = K_j . Qt */
+        FN(gemm_packed)(key + k0 * job->key_row_stride, job->key_row_stride,
+                        job->key_col_stride, nk, w.packed_query, width, width, head_dim,
+                        w.scores, width, 0);
         FN(apply_masks)(job, k0, nk, width, w.scores);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
         FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
@@ -388,6 +392,51 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         REAL *o = out + i * job->out_row_stride;
         for (ptrdiff_t c = 0; c < value_dim; ++c) o[c] = a[c] * inv;
     }
+}
+
+/* One tile of a projection, out = x . W^T + bias: rows [row_start, +n_rows) and
+ * the column panel [col_start, +n_cols), from W^T packed in panels (zero-padded
+ * to whole vectors). The depth is walked in chunks so that the part
+ * of W^T the micro-kernel streams through stays in L1. A panel of whole vectors
+ * accumulates in `out` itself; a ragged last panel goes through scratch. */
+void FN(fa_linear_tile)(const fa_linear_job *job, ptrdiff_t row_start, ptrdiff_t n_rows,
+                        ptrdiff_t col_start, ptrdiff_t n_cols, void *scratch_memory)
+{
+    const ptrdiff_t width = FA_ROUND_UP(n_cols, LANES);
+    const int in_place = width == n_cols;
+    REAL *out = (REAL *)job->out + row_start * job->out_row_stride + col_start;
+    REAL *c = in_place ? out : (REAL *)((char *)scratch_memory +
+                                        (-(uintptr_t)scratch_memory % FA_SCRATCH_ALIGN));
+    const ptrdiff_t c_row = in_place ? job->out_row_stride : width;
+    const REAL *x = (const REAL *)job->x + row_start * job->x_row_stride;
+    const ptrdiff_t panel = job->panel_cols;
+    const REAL *packed = (const REAL *)job->packed_weight_t + (col_start / panel) * job->depth * panel
+                         + col_start % panel;
+    if (job->depth == 0)
+        for (ptrdiff_t r = 0; r < n_rows; ++r) memset(c + r * c_row, 0, (size_t)width * sizeof(REAL));
+    for (ptrdiff_t e0 = 0; e0 < job->depth; e0 += FA_LINEAR_DEPTH_CHUNK) {
+        const ptrdiff_t ne = job->depth - e0 < FA_LINEAR_DEPTH_CHUNK ? job->depth - e0
+                                                                     : FA_LINEAR_DEPTH_CHUNK;
+        FN(gemm_packed)(x + e0 * job->x_col_stride, job->x_row_stride, job->x_col_stride, n_rows,
+                        packed + e0 * panel, panel, width, ne,
+                        c, c_row, e0 > 0);
+    }
+    const REAL *bias = job->bias ? (const REAL *)job->bias + col_start : NULL;
+    if (in_place) {
+        if (bias)
+            for (ptrdiff_t r = 0; r < n_rows; ++r)
+                for (ptrdiff_t v = 0; v < width; v += LANES)
+                    VSTORE(out + r * c_row + v, VLOAD(out + r * c_row + v) + VLOAD(bias + v));
+        return;
+    }
+    for (ptrdiff_t r = 0; r < n_rows; ++r)
+        for (ptrdiff_t v = 0; v < n_cols; ++v)
+            out[r * job->out_row_stride + v] = c[r * width + v] + (bias ? bias[v] : 0);
+}
+
+size_t FN(fa_linear_scratch_bytes)(ptrdiff_t tile_rows, ptrdiff_t panel_cols)
+{
+    return (size_t)(tile_rows * FA_ROUND_UP(panel_cols, LANES)) * sizeof(REAL) + FA_SCRATCH_ALIGN;
 }
 
 #undef FN

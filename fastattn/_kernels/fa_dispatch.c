@@ -7,7 +7,9 @@
 
 #define FA_TABLE(suffix)                                                           \
     {#suffix, 0, 0, fa_scratch_bytes_f32_##suffix, fa_scratch_bytes_f64_##suffix, \
-     fa_attend_f32_##suffix, fa_attend_f64_##suffix}
+     fa_attend_f32_##suffix, fa_attend_f64_##suffix,                               \
+     fa_linear_scratch_bytes_f32_##suffix, fa_linear_scratch_bytes_f64_##suffix,   \
+     fa_linear_tile_f32_##suffix, fa_linear_tile_f64_##suffix}
 
 static fa_kernel_table tables[FA_N_ISAS] = {
     FA_TABLE(baseline),
