@@ -242,3 +242,23 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         mask_kind, is_causal, float(scale), n_queries, n_keys, head_dim, value_dim,
         tile_queries, _tiles["keys"], isa, threads)
     return out, weights
+
+
+def _attend_matrices(query, key, value, scale):
+    """(output, weights) for one head: query (L, E), key (S, E), value (S, Ev),
+    float64 or float32 alike, C-contiguous, shapes checked by the caller. The
+    lean path of small calls (``fastattn.blog``): no broadcasting to work out,
+    one thread."""
+    n_queries, head_dim = query.shape
+    n_keys, value_dim = value.shape
+    out = np.empty((n_queries, value_dim), dtype=query.dtype)
+    weights = np.empty((n_queries, n_keys), dtype=query.dtype)
+    isa = _simd.active()
+    lanes = _sdpa.lanes(isa, query.dtype == np.float64)
+    tile_queries = (_query_tile(n_queries, 1, 1, lanes) if n_queries > _tiles["queries"]
+                    else -(-max(n_queries, 1) // lanes) * lanes)
+    _sdpa.attend(query, key, value, None, out, weights, (), ((),) * 6, (1,) * 6,
+                 (head_dim, 1, head_dim, 1, value_dim, 1, 0, 0, value_dim, n_keys),
+                 _sdpa.MASK_NONE, False, float(scale), n_queries, n_keys, head_dim, value_dim,
+                 tile_queries, _tiles["keys"], isa, 1)
+    return out, weights
