@@ -1,4 +1,5 @@
-"""``python -m fastattn bench``: see fastattn/bench.py."""
+"""``python -m fastattn demo`` (fastattn/demo.py) and ``python -m fastattn bench``
+(fastattn/bench.py)."""
 import argparse
 import sys
 
@@ -6,6 +7,9 @@ import sys
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastattn")
     commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="the blog's example, end to end")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the random embeddings")
+    demo.add_argument("--plot", metavar="FILE.png", help="draw an attention heatmap per sentence")
     bench = commands.add_parser("bench", help="time fastattn against the NumPy reference and torch")
     bench.add_argument("--lengths", type=int, nargs="+",
                        default=[256, 512, 1024, 2048, 4096, 8192], help="sequence lengths L = S")
@@ -18,9 +22,14 @@ def main(argv=None):
                        help="longest L for the materialised NumPy reference")
     bench.add_argument("--memory-length", type=int, default=16384,
                        help="L for the peak-memory measurement (0 to skip)")
+    bench.add_argument("--no-mha", action="store_true", help="skip MultiHeadAttention")
+    bench.add_argument("--no-blog", action="store_true", help="skip the blog's functions")
     bench.add_argument("--quick", action="store_true", help="L up to 1024, 3 repeats")
     args = parser.parse_args(argv)
 
+    if args.command == "demo":
+        from fastattn import demo as demo_module
+        return demo_module.run(args)
     if args.command == "bench":
         from fastattn import bench as bench_module
         if args.quick:

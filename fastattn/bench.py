@@ -8,7 +8,9 @@ fastattn's time and GFLOP/s (4 B H L S D flops, halved when causal), the
 materialised NumPy reference (``fastattn.numpy_reference``) and torch's
 ``scaled_dot_product_attention`` when torch is installed, and fastattn's
 speed-up over each. Then the peak memory fastattn needs beyond its inputs and
-output at a long length, measured in a fresh process.
+output at a long length, measured in a fresh process; MultiHeadAttention
+against torch's; and the blog's functions at blog size against the blog's own
+NumPy code.
 """
 import statistics
 import subprocess
@@ -17,8 +19,10 @@ import time
 
 import numpy as np
 
-from fastattn import _sdpa, _simd, scaled_dot_product_attention
+from fastattn import MultiHeadAttention, _sdpa, _simd, blog, numpy_reference, \
+    scaled_dot_product_attention
 from fastattn._version import __version__
+from fastattn.demo import SENTENCES
 from fastattn.numpy_reference import materialized_attention
 
 MIB = 2**20
@@ -98,6 +102,60 @@ def peak_extra_memory(heads, length, head_dim, threads, dtype="float32"):
     return int(result.stdout.strip())
 
 
+def run_mha(torch, threads, repeats, lengths=(128, 512, 2048), batch=4, embed_dim=512,
+            num_heads=8):
+    """MultiHeadAttention forward (self-attention, batch_first) against torch's."""
+    print(f"\nMultiHeadAttention: N={batch}, embed_dim={embed_dim}, {num_heads} heads, "
+          f"float32, self-attention")
+    header = f"{'L':>6} {'need_weights':>12} {'fastattn ms':>12} {'torch ms':>10} {'vs torch':>9}"
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    ours = MultiHeadAttention(embed_dim, num_heads, batch_first=True, seed=0)
+    theirs = None
+    if torch is not None:
+        theirs = torch.nn.MultiheadAttention(embed_dim, num_heads, batch_first=True).eval()
+        ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    for length in lengths:
+        x = rng.standard_normal((batch, length, embed_dim), dtype=np.float32)
+        tx = torch.from_numpy(x) if torch is not None else None
+        for need_weights in (False, True):
+            contenders = {"fastattn": lambda: ours(x, x, x, need_weights=need_weights,
+                                                   num_threads=threads)}
+            if theirs is not None:
+                def torch_forward():
+                    with torch.no_grad():
+                        theirs(tx, tx, tx, need_weights=need_weights)
+                contenders["torch"] = torch_forward
+            medians = _interleaved_medians(contenders, repeats)
+            t_ours, t_torch = medians["fastattn"], medians.get("torch")
+            vs = f"{t_torch / t_ours:8.2f}x" if t_torch else f"{'-':>9}"
+            torch_ms = f"{t_torch * 1e3:10.2f}" if t_torch else f"{'-':>10}"
+            print(f"{length:>6} {str(need_weights):>12} {t_ours * 1e3:12.2f} {torch_ms} {vs}",
+                  flush=True)
+
+
+def run_blog(repeats):
+    """Per-call latency of the blog's functions at blog size (a sentence of <= 10 words)."""
+    word_to_index, _, embeddings = blog.create_word_representations(SENTENCES, seed=0)
+    words = SENTENCES[0].split()
+    print(f"\nthe blog's functions, '{SENTENCES[0]}' ({len(words)} words), per call")
+    header = f"{'function':<34} {'fastattn us':>12} {'blog numpy us':>14} {'speed-up':>9}"
+    print(header)
+    print("-" * len(header))
+    for name in ("calculate_attention_weights", "predict_next_word_with_attention"):
+        ours = getattr(blog, name)
+        theirs = getattr(numpy_reference, "blog_" + name)
+        calls = 2000
+        medians = _interleaved_medians(
+            {"fastattn": lambda: [ours("to", words, embeddings, word_to_index)
+                                  for _ in range(calls)],
+             "blog": lambda: [theirs("to", words, embeddings, word_to_index)
+                              for _ in range(calls)]}, repeats)
+        t_ours, t_blog = medians["fastattn"] / calls, medians["blog"] / calls
+        print(f"{name:<34} {t_ours * 1e6:12.2f} {t_blog * 1e6:14.2f} {t_blog / t_ours:8.2f}x")
+
+
 def run(args):
     threads = args.threads or _sdpa.max_threads()
     torch = _import_torch(threads)
@@ -151,4 +209,9 @@ def run(args):
         print(f"\npeak memory beyond inputs and output at L={args.memory_length}, "
               f"H={args.heads}, D={head_dim}: {extra / MIB:.1f} MiB "
               f"(the materialised score matrix alone would be {scores / MIB:,.0f} MiB)")
+    if not args.no_mha:
+        run_mha(torch, threads, args.repeats,
+                lengths=[n for n in (128, 512, 2048) if n <= max(args.lengths)] or [128])
+    if not args.no_blog:
+        run_blog(args.repeats)
     return 0

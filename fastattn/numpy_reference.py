@@ -21,3 +21,21 @@ def materialized_attention(query, key, value, is_causal=False, scale=None):
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
     return np.matmul(scores, value)
+
+
+# The blog's code (seed 001), its module globals made arguments: the baseline of
+# fastattn.blog's per-call latency in the benchmark.
+def blog_calculate_attention_weights(current_word, words, word_embeddings, word_to_index):
+    attention_scores = np.dot(word_embeddings[word_to_index[current_word]],
+                              np.array([word_embeddings[word_to_index[w]] for w in words]).T)
+    return np.exp(attention_scores) / np.sum(np.exp(attention_scores))
+
+
+def blog_predict_next_word_with_attention(current_word, words, word_embeddings, word_to_index):
+    attention_weights = blog_calculate_attention_weights(current_word, words, word_embeddings,
+                                                         word_to_index)
+    weighted_words = (np.array([word_embeddings[word_to_index[w]] for w in words])
+                      * attention_weights[:, None])
+    weighted_sum = np.sum(weighted_words, axis=0)
+    closest_index = np.argmin(np.linalg.norm(word_embeddings - weighted_sum, axis=1))
+    return list(word_to_index.keys())[closest_index], attention_weights

@@ -396,8 +396,8 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
 
 /* One tile of a projection, out = x . W^T + bias: rows [row_start, +n_rows) and
  * the column panel [col_start, +n_cols), from W^T packed in panels (zero-padded
- * to whole vectors). The depth is walked in chunks so that the part
- * of W^T the micro-kernel streams through stays in L1. A panel of whole vectors
+ * to whole vectors). Long depths are walked in chunks (FA_LINEAR_DEPTH_CHUNK), so
+ * that the part of W^T a tile streams through stays in L2. A panel of whole vectors
  * accumulates in `out` itself; a ragged last panel goes through scratch. */
 void FN(fa_linear_tile)(const fa_linear_job *job, ptrdiff_t row_start, ptrdiff_t n_rows,
                         ptrdiff_t col_start, ptrdiff_t n_cols, void *scratch_memory)

@@ -45,7 +45,8 @@
 #  define FA_VALUE_CHUNK 64   /* keys per pass of the value product: its V panel stays in L1 */
 #endif
 #ifndef FA_LINEAR_DEPTH_CHUNK
-#  define FA_LINEAR_DEPTH_CHUNK 128   /* depth per pass of a projection tile (L1 panel) */
+#  define FA_LINEAR_DEPTH_CHUNK 512   /* depth per pass of a projection tile: measured, a
+                                         * longer pass beats reloading the accumulators */
 #endif
 #define FA_MAX_BLOCK_ROWS 12
 #define FA_MAX_BLOCK_VECS 4
