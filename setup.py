@@ -6,9 +6,13 @@ source ``fa_attention_isa.c`` is compiled once more per instruction set with the
 flags in ISA_FLAGS, and the import picks the best one the CPU runs. Never
 ``-march=native``: the wheel must run on any x86-64.
 
+Compilers: GCC and Clang get the vector kernels; MSVC (no vector extensions)
+gets the same kernels in plain C, one lane wide (FA_PORTABLE in fa_simd.h).
+
 Environment:
-  FASTATTN_OPENMP=0   build without OpenMP (the kernels then run on one thread)
-  FASTATTN_DEBUG=1    Cython bounds checks on, -O0 -g
+  FASTATTN_OPENMP=0    build without OpenMP (the kernels then run on one thread)
+  FASTATTN_PORTABLE=1  the plain-C kernels with GCC/Clang too (how CI tests them)
+  FASTATTN_DEBUG=1     Cython bounds checks on, -O0 -g
 """
 import os
 import platform
@@ -22,10 +26,10 @@ KERNEL_DIR = os.path.join("fastattn", "_kernels")
 ISA_SOURCE = os.path.join(KERNEL_DIR, "fa_attention_isa.c")
 DEBUG = os.environ.get("FASTATTN_DEBUG", "0") == "1"
 WANT_OPENMP = os.environ.get("FASTATTN_OPENMP", "1") != "0"
+PORTABLE = os.environ.get("FASTATTN_PORTABLE", "0") == "1"
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
-# Per instruction set: (macro, GCC/Clang flags). MSVC has no vector extensions,
-# so Windows builds need clang-cl (see README).
+# Per instruction set: (macro, GCC/Clang flags); x86-64 GCC/Clang builds only.
 ISA_FLAGS = {
     "baseline": (None, []),
     "avx2": ("FA_BUILD_AVX2", ["-mavx2", "-mfma"]),
@@ -37,9 +41,9 @@ ISA_FLAGS = {
 def _openmp_flags(compiler_type):
     """(compile, link) flags for OpenMP with this compiler."""
     if compiler_type == "msvc":
-        return ["/openmp:llvm"], []
-    if platform.system() == "Darwin":   # Apple clang: libomp from Homebrew / the wheel
-        return ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+        return ["/openmp"], []
+    if platform.system() == "Darwin":   # Apple clang: libomp (Homebrew), found via
+        return ["-Xpreprocessor", "-fopenmp"], ["-lomp"]   # CPPFLAGS / LDFLAGS
     return ["-fopenmp"], ["-fopenmp"]
 
 
@@ -58,7 +62,9 @@ class BuildExt(build_ext):
             ext.extra_compile_args += compile_flags
             ext.extra_link_args += link_flags
 
-        isas = list(ISA_FLAGS) if (IS_X86_64 and unix_like) else ["baseline"]
+        if PORTABLE:
+            ext.define_macros.append(("FA_PORTABLE", "1"))
+        isas = list(ISA_FLAGS) if (IS_X86_64 and unix_like and not PORTABLE) else ["baseline"]
         if len(isas) > 1:
             ext.define_macros.append(("FA_HAVE_X86_ISAS", "1"))
         objects = []
@@ -67,7 +73,7 @@ class BuildExt(build_ext):
             objects += self.compiler.compile(
                 [ISA_SOURCE],
                 output_dir=os.path.join(self.build_temp, "isa_" + isa),
-                macros=[(macro, "1")] if macro else [],
+                macros=ext.define_macros + ([(macro, "1")] if macro else []),
                 include_dirs=ext.include_dirs,
                 extra_postargs=common + flags,
                 debug=self.debug,

@@ -5,17 +5,32 @@
  *
  * The vectors are GCC/Clang vector extensions, so one source serves every width;
  * `a * b + c` contracts to FMA where the ISA has it (-ffp-contract=fast).
- * exp is our own (Cody-Waite range reduction + Taylor polynomial), so no libm
- * vector ABI and no -ffast-math are needed, and results never flush to zero. */
+ * exp is our own (Cody-Waite range reduction + polynomial), so no libm vector
+ * ABI and no -ffast-math are needed, and results never flush to zero.
+ *
+ * FA_PORTABLE (compilers without vector extensions, such as MSVC; or forced with
+ * FASTATTN_PORTABLE=1 to test it) makes every "vector" one scalar lane: the same
+ * kernels in plain C, slower but correct anywhere. */
 #ifndef FA_SIMD_H
 #define FA_SIMD_H
 
 #include <stdint.h>
 #include <string.h>
 
+#if !defined(FA_PORTABLE) && !defined(__GNUC__) && !defined(__clang__)
+#  define FA_PORTABLE 1
+#endif
+
 /* Register blocks of the two matrix products, rows x vectors of accumulators:
  * scores (keys x queries) and values (queries x value columns). */
-#if defined(FA_BUILD_AVX512)
+#if defined(FA_PORTABLE)
+#  define FA_VEC_BYTES 0
+#  define FA_ISA_SUFFIX baseline
+#  define FA_SCORE_ROWS 4
+#  define FA_SCORE_VECS 4
+#  define FA_VALUE_ROWS 4
+#  define FA_VALUE_VECS 4
+#elif defined(FA_BUILD_AVX512)
 #  define FA_VEC_BYTES 64
 #  define FA_ISA_SUFFIX avx512
 #  ifndef FA_SCORE_ROWS       /* 32 zmm registers: 24 accumulators + operands */
@@ -56,37 +71,67 @@
 /* fa_name(attend_tile_f32) -> attend_tile_f32_avx2 in the AVX2 object */
 #define FA_ISA_NAME(name) FA_CONCAT(name, FA_ISA_SUFFIX)
 
-#define FA_INLINE static inline __attribute__((always_inline))
+#if defined(_MSC_VER) && !defined(__clang__)
+#  define FA_INLINE static __forceinline
+#else
+#  define FA_INLINE static inline __attribute__((always_inline))
+#endif
 
+#if defined(FA_PORTABLE)
+typedef float vf32;
+typedef int32_t vi32;
+typedef double vf64;
+typedef int64_t vi64;
+#  define FA_LANES_F32 1
+#  define FA_LANES_F64 1
+#else
 typedef float vf32 __attribute__((vector_size(FA_VEC_BYTES)));
 typedef int32_t vi32 __attribute__((vector_size(FA_VEC_BYTES)));
 typedef double vf64 __attribute__((vector_size(FA_VEC_BYTES)));
 typedef int64_t vi64 __attribute__((vector_size(FA_VEC_BYTES)));
-
-#define FA_LANES_F32 ((int)(FA_VEC_BYTES / sizeof(float)))
-#define FA_LANES_F64 ((int)(FA_VEC_BYTES / sizeof(double)))
+#  define FA_LANES_F32 ((int)(FA_VEC_BYTES / sizeof(float)))
+#  define FA_LANES_F64 ((int)(FA_VEC_BYTES / sizeof(double)))
+#endif
 
 /* memcpy compiles to one unaligned vector load/store and keeps strict aliasing happy */
 FA_INLINE vf32 load_f32(const float *p) { vf32 v; memcpy(&v, p, sizeof v); return v; }
 FA_INLINE vf64 load_f64(const double *p) { vf64 v; memcpy(&v, p, sizeof v); return v; }
 FA_INLINE void store_f32(float *p, vf32 v) { memcpy(p, &v, sizeof v); }
 FA_INLINE void store_f64(double *p, vf64 v) { memcpy(p, &v, sizeof v); }
+#if defined(FA_PORTABLE)
+FA_INLINE vf32 splat_f32(float x) { return x; }
+FA_INLINE vf64 splat_f64(double x) { return x; }
+/* the bits of a float as an integer, and back */
+FA_INLINE vi32 bits_f32(vf32 x) { vi32 i; memcpy(&i, &x, sizeof i); return i; }
+FA_INLINE vi64 bits_f64(vf64 x) { vi64 i; memcpy(&i, &x, sizeof i); return i; }
+FA_INLINE vf32 from_bits_f32(vi32 i) { vf32 x; memcpy(&x, &i, sizeof x); return x; }
+FA_INLINE vf64 from_bits_f64(vi64 i) { vf64 x; memcpy(&x, &i, sizeof x); return x; }
+/* where(mask, a, b): a scalar comparison gives 0 or 1 */
+FA_INLINE vf32 where_f32(vi32 mask, vf32 a, vf32 b) { return mask ? a : b; }
+FA_INLINE vf64 where_f64(vi64 mask, vf64 a, vf64 b) { return mask ? a : b; }
+#else
 FA_INLINE vf32 splat_f32(float x) { return (vf32){0} + x; }
 FA_INLINE vf64 splat_f64(double x) { return (vf64){0} + x; }
-
+FA_INLINE vi32 bits_f32(vf32 x) { return (vi32)x; }
+FA_INLINE vi64 bits_f64(vf64 x) { return (vi64)x; }
+FA_INLINE vf32 from_bits_f32(vi32 i) { return (vf32)i; }
+FA_INLINE vf64 from_bits_f64(vi64 i) { return (vf64)i; }
 /* where(mask, a, b); mask lanes are all-ones or all-zeros, as comparisons give */
 FA_INLINE vf32 where_f32(vi32 mask, vf32 a, vf32 b) {
-    return (vf32)((mask & (vi32)a) | (~mask & (vi32)b));
+    return from_bits_f32((mask & bits_f32(a)) | (~mask & bits_f32(b)));
 }
 FA_INLINE vf64 where_f64(vi64 mask, vf64 a, vf64 b) {
-    return (vf64)((mask & (vi64)a) | (~mask & (vi64)b));
+    return from_bits_f64((mask & bits_f64(a)) | (~mask & bits_f64(b)));
 }
+#endif
 
 /* max(a, b), min(a, b), and keep_at_least(x, bound, y) = (x < bound ? 0 : y).
  * With x86 instructions where GCC does not find them from generic vector code.
  * NaN: max/min return `b` when either is NaN (pass scores as `b`), and
  * keep_at_least keeps y when x is NaN, so NaN inputs stay visible in the output. */
-#if defined(FA_BUILD_AVX512)
+#if defined(FA_PORTABLE)
+/* the generic versions below */
+#elif defined(FA_BUILD_AVX512)
 #  include <immintrin.h>
 FA_INLINE vf32 max_f32(vf32 a, vf32 b) { return (vf32)_mm512_max_ps((__m512)a, (__m512)b); }
 FA_INLINE vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm512_max_pd((__m512d)a, (__m512d)b); }
@@ -136,7 +181,9 @@ FA_INLINE vf32 keep_at_least_f32(vf32 x, float bound, vf32 y) {
 FA_INLINE vf64 keep_at_least_f64(vf64 x, double bound, vf64 y) {
     return (vf64)_mm_and_pd(_mm_cmpnlt_pd((__m128d)x, _mm_set1_pd(bound)), (__m128d)y);
 }
-#else   /* other CPUs: generic vector code */
+#endif
+#if defined(FA_PORTABLE) || !(defined(FA_BUILD_AVX512) || defined(FA_BUILD_AVX2) || defined(__SSE2__))
+/* other CPUs (and FA_PORTABLE): generic code */
 FA_INLINE vf32 max_f32(vf32 a, vf32 b) { return where_f32((vi32)(a > b), a, b); }
 FA_INLINE vf64 max_f64(vf64 a, vf64 b) { return where_f64((vi64)(a > b), a, b); }
 FA_INLINE vf32 min_f32(vf32 a, vf32 b) { return where_f32((vi32)(a < b), a, b); }
@@ -153,11 +200,11 @@ FA_INLINE vf64 keep_at_least_f64(vf64 x, double bound, vf64 y) {
 /* x < bound ? 0 : p * 2^n, 2^n built in the exponent bits (n within normal range) */
 FA_INLINE vf32 scale_pow2_f32(vf32 x, float bound, vf32 p, vf32 n, vi32 n_int) {
     (void)n;
-    return keep_at_least_f32(x, bound, p * (vf32)((n_int + 127) << 23));
+    return keep_at_least_f32(x, bound, p * from_bits_f32((n_int + 127) << 23));
 }
 FA_INLINE vf64 scale_pow2_f64(vf64 x, double bound, vf64 p, vf64 n, vi64 n_int) {
     (void)n;
-    return keep_at_least_f64(x, bound, p * (vf64)((n_int + 1023) << 52));
+    return keep_at_least_f64(x, bound, p * from_bits_f64((n_int + 1023) << 52));
 }
 #endif
 
@@ -173,7 +220,7 @@ FA_INLINE vf32 exp_nonpositive_f32(vf32 x) {
     const vf32 clamped = max_f32(splat_f32(lowest), x);
     const vf32 shifted = clamped * 1.44269504088896341f + magic;
     const vf32 n = shifted - magic;
-    const vi32 n_int = (vi32)shifted - (vi32)splat_f32(magic);
+    const vi32 n_int = bits_f32(shifted) - bits_f32(splat_f32(magic));
     vf32 r = clamped - n * 0.693359375f;                /* ln 2, high part: n * hi exact */
     r = r - n * -2.12194440e-4f;                        /* ln 2, low part */
     /* degree-6 least-relative-error fit on [-ln2/2, ln2/2]: error 2e-9, below
@@ -194,7 +241,7 @@ FA_INLINE vf64 exp_nonpositive_f64(vf64 x) {
     const vf64 clamped = max_f64(splat_f64(lowest), x);
     const vf64 shifted = clamped * 1.4426950408889634074 + magic;
     const vf64 n = shifted - magic;
-    const vi64 n_int = (vi64)shifted - (vi64)splat_f64(magic);
+    const vi64 n_int = bits_f64(shifted) - bits_f64(splat_f64(magic));
     vf64 r = clamped - n * 6.93147180369123816490e-01;  /* ln 2 = hi + lo (fdlibm split) */
     r = r - n * 1.90821492927058770002e-10;
     vf64 p = splat_f64(1.0 / 6227020800.0);             /* Taylor to r^13: error < 0.5 ulp */
