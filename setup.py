@@ -54,7 +54,7 @@ class BuildExt(build_ext):
         ctype = self.compiler.compiler_type
         unix_like = ctype != "msvc"
         opt = (["-O0", "-g"] if DEBUG else ["-O3"]) if unix_like else ["/O2"]
-        common = opt + (["-ffp-contract=fast", "-fno-strict-overflow"] if unix_like else [])
+        common = opt + (["-ffp-contract=fast"] if unix_like else [])
         ext.extra_compile_args = list(common)
         ext.extra_link_args = []
         if WANT_OPENMP:

