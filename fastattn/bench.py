@@ -67,6 +67,7 @@ _MEMORY_PROBE = """
 import resource, sys
 import numpy as np
 import fastattn
+from fastattn.numpy_reference import materialized_attention
 
 def peak_rss():
     with open("/proc/self/status") as status:
@@ -81,24 +82,31 @@ def current_rss():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
 
-heads, length, head_dim, threads, dtype = sys.argv[1:]
+heads, length, head_dim, threads, dtype, which = sys.argv[1:]
 shape = (1, int(heads), int(length), int(head_dim))
 rng = np.random.default_rng(0)
 q, k, v = (rng.standard_normal(shape, dtype=dtype) for _ in range(3))
-fastattn.scaled_dot_product_attention(q[..., :8, :], k[..., :8, :], v[..., :8, :])  # load all
+if which == "fastattn":
+    def attend(q, k, v):
+        return fastattn.scaled_dot_product_attention(q, k, v, num_threads=int(threads))
+else:
+    attend = materialized_attention
+attend(q[..., :8, :], k[..., :8, :], v[..., :8, :])   # load everything first
 with open("/proc/self/clear_refs", "w") as f:   # reset the peak to the present
     f.write("5")
 before = current_rss()
-out = fastattn.scaled_dot_product_attention(q, k, v, num_threads=int(threads))
+out = attend(q, k, v)
 print(peak_rss() - before - out.nbytes)
 """
 
 
-def peak_extra_memory(heads, length, head_dim, threads, dtype="float32"):
-    """Bytes fastattn's call needs beyond its inputs and output (fresh process)."""
+def peak_extra_memory(heads, length, head_dim, threads, dtype="float32", which="fastattn"):
+    """Bytes one attention call needs beyond its inputs and output, measured in a
+    fresh process (Linux: /proc peak RSS); ``which`` is "fastattn" or "numpy"
+    (the materialised reference)."""
     result = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE, str(heads), str(length), str(head_dim),
-         str(threads), dtype], capture_output=True, text=True, check=True)
+         str(threads), dtype, which], capture_output=True, text=True, check=True)
     return int(result.stdout.strip())
 
 

@@ -1,0 +1,1 @@
+"""fastattn's asv benchmarks: see ../asv.conf.json for how to run them."""
