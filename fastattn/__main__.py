@@ -22,6 +22,8 @@ def main(argv=None):
                        help="longest L for the materialised NumPy reference")
     bench.add_argument("--memory-length", type=int, default=16384,
                        help="L for the peak-memory measurement (0 to skip)")
+    bench.add_argument("--plot", metavar="FILE.png",
+                       help="draw time against L, log-log, with fitted slopes")
     bench.add_argument("--no-mha", action="store_true", help="skip MultiHeadAttention")
     bench.add_argument("--no-blog", action="store_true", help="skip the blog's functions")
     bench.add_argument("--quick", action="store_true", help="L up to 1024, 3 repeats")

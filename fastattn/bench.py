@@ -164,6 +164,58 @@ def run_blog(repeats):
         print(f"{name:<34} {t_ours * 1e6:12.2f} {t_blog * 1e6:14.2f} {t_blog / t_ours:8.2f}x")
 
 
+def fitted_slope(lengths, seconds):
+    """Exponent p of time ~ L^p, least squares on log-log over L >= 1024 (the
+    quadratic regime; short calls carry fixed costs) or over all when too few."""
+    points = [(n, t) for n, t in zip(lengths, seconds) if t and n >= 1024]
+    if len(points) < 2:
+        points = [(n, t) for n, t in zip(lengths, seconds) if t]
+    if len(points) < 2:
+        return float("nan")
+    n, t = np.array(points).T
+    return float(np.polyfit(np.log(n), np.log(t), 1)[0])
+
+
+def plot(rows, path):
+    """Time against L, log-log, per head dim and mask, with fitted slopes."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib "
+                         "(or pip install 'fastattn[bench]')") from None
+    panels = sorted({(r["head_dim"], r["causal"]) for r in rows})
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4.6 * nrows), squeeze=False)
+    styles = {"fastattn_s": ("fastattn (fused)", "tab:blue", "o"),
+              "numpy_s": ("NumPy reference", "tab:orange", "s"),
+              "torch_s": ("torch SDPA", "tab:green", "^")}
+    for ax, (head_dim, causal) in zip(axes.flat, panels):
+        panel = [r for r in rows if r["head_dim"] == head_dim and r["causal"] == causal]
+        lengths = [r["length"] for r in panel]
+        for key, (label, color, marker) in styles.items():
+            seconds = [r[key] for r in panel]
+            shown = [(n, t) for n, t in zip(lengths, seconds) if t]
+            if not shown:
+                continue
+            slope = fitted_slope(lengths, seconds)
+            ax.loglog(*zip(*shown), marker=marker, color=color,
+                      label=f"{label}: slope {slope:.2f}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length L = S")
+        ax.set_ylabel("seconds per call")
+        ax.set_title(f"D = {head_dim}, {'causal' if causal else 'no mask'}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Attention time against sequence length (B = 1, H = 8); "
+                 "slopes fitted over L >= 1024")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run(args):
     threads = args.threads or _sdpa.max_threads()
     torch = _import_torch(threads)
@@ -209,6 +261,10 @@ def run(args):
                       f"{ours * 1e3:12.2f} {row['gflops']:8.1f} {ms(row['numpy_s'])} "
                       f"{ms(row['torch_s'])} {ratio(row['numpy_s'])} {ratio(row['torch_s'])}",
                       flush=True)
+
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"\nplot written to {args.plot}")
 
     if args.memory_length:
         head_dim = min(args.head_dims)
