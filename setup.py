@@ -4,7 +4,7 @@ One extension, ``fastattn._sdpa``: the Cython driver and the dispatcher are
 compiled for baseline x86-64 (or the platform's baseline elsewhere); the kernel
 source ``fa_attention_isa.c`` is compiled once more per instruction set with the
 flags in ISA_FLAGS, and the import picks the best one the CPU runs. Never
-``-march=native``: the wheel must run on any x86-64.
+a native-CPU ``-march``: the wheel must run on any x86-64.
 
 Compilers: GCC and Clang get the vector kernels; MSVC (no vector extensions)
 gets the same kernels in plain C, one lane wide (FA_PORTABLE in fa_simd.h).

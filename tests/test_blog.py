@@ -3,15 +3,8 @@ import numpy as np
 import pytest
 
 from fastattn import blog
+from fastattn.demo import SENTENCES     # the blog's six sentences
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "She sells seashells by the seashore.",
-    "I love to eat pizza.",
-    "The cat chased the mouse.",
-    "The sun is shining brightly.",
-    "I am feeling happy today.",
-]
 
 
 # --- the blog's code (seed 001), transcribed with its globals made arguments ---
