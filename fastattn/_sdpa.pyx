@@ -71,35 +71,73 @@ cdef inline Py_ssize_t _batch_offset(const batch_layout *layout, int which,
     return offset
 
 
+cdef inline void _add_scaled_rows(char *dst, Py_ssize_t dst_row_bytes, const char *src,
+                                  Py_ssize_t n_rows, Py_ssize_t n_cols, double factor,
+                                  bint overwrite, bint is_f64) noexcept nogil:
+    """dst[i][:] (+)= factor * src[i][:], src rows n_cols apart (head averaging)."""
+    cdef Py_ssize_t i, j
+    cdef float *d32
+    cdef double *d64
+    for i in range(n_rows):
+        if is_f64:
+            d64 = <double *>(dst + i * dst_row_bytes)
+            for j in range(n_cols):
+                d64[j] = (0 if overwrite else d64[j]) + factor * (<const double *>src)[i * n_cols + j]
+        else:
+            d32 = <float *>(dst + i * dst_row_bytes)
+            for j in range(n_cols):
+                d32[j] = (0 if overwrite else d32[j]) + <float>factor * (<const float *>src)[i * n_cols + j]
+
+
 cdef inline void _run_job(const fa_job *template, fa_attend_fn attend, Py_ssize_t job_index,
-                          Py_ssize_t n_batch, Py_ssize_t n_tiles, const batch_layout *layout,
-                          void *scratch) noexcept nogil:
+                          Py_ssize_t n_groups, Py_ssize_t heads_averaged, Py_ssize_t n_tiles,
+                          const batch_layout *layout, Py_ssize_t itemsize, void *scratch,
+                          void *head_weights) noexcept nogil:
+    """One query tile of one batch entry, or, when heads_averaged > 1, of every head
+    of one group of heads, whose weights are averaged into one (L, S) slice."""
     cdef fa_job job = template[0]
     # heaviest tiles first (the last ones, under a causal mask) for a balanced finish
-    cdef Py_ssize_t batch = job_index % n_batch
-    cdef Py_ssize_t tile = n_tiles - 1 - job_index // n_batch
+    cdef Py_ssize_t group = job_index % n_groups
+    cdef Py_ssize_t tile = n_tiles - 1 - job_index // n_groups
     cdef Py_ssize_t n_queries_total = template.n_queries
-    job.query = <const char *>template.query + _batch_offset(layout, 0, batch)
-    job.key = <const char *>template.key + _batch_offset(layout, 1, batch)
-    job.value = <const char *>template.value + _batch_offset(layout, 2, batch)
-    if template.mask != NULL:
-        job.mask = <const char *>template.mask + _batch_offset(layout, 3, batch)
-    job.out = <char *>template.out + _batch_offset(layout, 4, batch)
-    if template.weights != NULL:
-        job.weights = <char *>template.weights + _batch_offset(layout, 5, batch)
+    cdef Py_ssize_t batch, head
+    cdef char *weights_tile = NULL
     job.query_start = tile * template.tile_queries
     job.n_queries = min(template.tile_queries, n_queries_total - job.query_start)
-    attend(&job, scratch)
+    for head in range(heads_averaged):
+        batch = group * heads_averaged + head
+        job.query = <const char *>template.query + _batch_offset(layout, 0, batch)
+        job.key = <const char *>template.key + _batch_offset(layout, 1, batch)
+        job.value = <const char *>template.value + _batch_offset(layout, 2, batch)
+        if template.mask != NULL:
+            job.mask = <const char *>template.mask + _batch_offset(layout, 3, batch)
+        job.out = <char *>template.out + _batch_offset(layout, 4, batch)
+        if template.weights != NULL:
+            weights_tile = (<char *>template.weights + _batch_offset(layout, 5, batch)
+                            + job.query_start * template.weights_row_stride * itemsize)
+            if heads_averaged > 1:      # this head's weights go to scratch, then the mean
+                job.weights = head_weights
+                job.weights_row_stride = template.n_keys
+            else:
+                job.weights = weights_tile
+        attend(&job, scratch)
+        if template.weights != NULL and heads_averaged > 1:
+            _add_scaled_rows(weights_tile, template.weights_row_stride * itemsize,
+                             <const char *>head_weights, job.n_queries, template.n_keys,
+                             1.0 / heads_averaged, head == 0, itemsize == 8)
 
 
 def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
            cnp.ndarray out, object weights, tuple batch_shape, tuple batch_strides,
            tuple head_divisors, tuple strides, int mask_kind, bint is_causal, double scale,
            Py_ssize_t n_queries, Py_ssize_t n_keys, Py_ssize_t head_dim, Py_ssize_t value_dim,
-           Py_ssize_t tile_queries, Py_ssize_t tile_keys, str isa, int num_threads):
+           Py_ssize_t tile_queries, Py_ssize_t tile_keys, str isa, int num_threads,
+           bint average_heads=False):
     """Fill ``out`` (*batch_shape, n_queries, value_dim) with attention, and
     ``weights`` (*batch_shape, n_queries, n_keys) with its softmax weights unless
-    it is None.
+    it is None; with ``average_heads``, ``weights`` is (*batch_shape[:-1],
+    n_queries, n_keys), the mean over the last batch dimension (its batch
+    strides for that dimension are 0), and the per-head weights are never stored.
 
     ``batch_strides`` holds, for query, key, value, mask, out and weights, the
     byte strides of each batch dimension (0 where that array broadcasts);
@@ -117,8 +155,13 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
     cdef Py_ssize_t n_batch = 1
     for d in range(n_dims):
         n_batch *= <Py_ssize_t>batch_shape[d]
+    cdef Py_ssize_t heads_averaged = batch_shape[n_dims - 1] if (
+        average_heads and weights is not None and n_dims > 0) else 1
+    cdef Py_ssize_t n_groups = n_batch // heads_averaged if heads_averaged else 0
     cdef Py_ssize_t n_tiles = (n_queries + tile_queries - 1) // tile_queries
-    cdef Py_ssize_t n_jobs = n_batch * n_tiles
+    cdef Py_ssize_t n_jobs = n_groups * n_tiles
+    cdef Py_ssize_t itemsize = query.dtype.itemsize
+    cdef size_t head_weights_bytes = tile_queries * n_keys * itemsize if heads_averaged > 1 else 0
     if n_jobs == 0 or (value_dim == 0 and weights is None):
         return
 
@@ -163,16 +206,21 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
     cdef int n_threads = <int>min(num_threads, n_jobs)
     cdef Py_ssize_t job_index
     cdef void *scratch
+    cdef void *head_weights
     cdef int allocation_failed[1]
     allocation_failed[0] = 0
     with nogil, parallel(num_threads=n_threads):
         scratch = malloc(scratch_bytes)
-        if scratch == NULL:
+        head_weights = malloc(head_weights_bytes) if head_weights_bytes else NULL
+        if scratch == NULL or (head_weights_bytes and head_weights == NULL):
             allocation_failed[0] = 1
+        # every thread must reach the prange (a worksharing loop), so the check is inside
         for job_index in prange(n_jobs, schedule="dynamic"):
-            if scratch != NULL:
-                _run_job(&template, attend_fn, job_index, n_batch, n_tiles, &layout, scratch)
+            if not allocation_failed[0]:
+                _run_job(&template, attend_fn, job_index, n_groups, heads_averaged, n_tiles,
+                         &layout, itemsize, scratch, head_weights)
         free(scratch)
+        free(head_weights)
     # end of the nogil parallel block
     free(dims)
     if allocation_failed[0]:

@@ -163,10 +163,12 @@ def scaled_dot_product_attention_with_weights(query, key, value, attn_mask=None,
 
 
 def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads,
-            with_weights, out=None):
+            with_weights, out=None, average_heads=False):
     """Validate, then run the kernel. ``out``, when given, is where the output
     goes (any batch and row strides, contiguous columns: MultiHeadAttention
-    writes heads straight into its (N, L, E) buffer); it is trusted."""
+    writes heads straight into its (N, L, E) buffer); it is trusted. With
+    ``average_heads``, the weights returned are their mean over dim -3 (heads),
+    computed tile by tile without storing each head's."""
     q = _float_array(query, "query")
     k = _float_array(key, "key")
     v = _float_array(value, "value")
@@ -224,8 +226,15 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
 
     if out is None:
         out = np.empty(batch_shape + (n_queries, value_dim), dtype=q.dtype)
-    weights = (np.empty(batch_shape + (n_queries, n_keys), dtype=q.dtype) if with_weights
-               else None)
+    average_heads = bool(with_weights and average_heads and batch_shape)
+    weights = None
+    weights_batch_strides = (0,) * len(batch_shape)
+    if with_weights:
+        weights_shape = batch_shape[:-1] if average_heads else batch_shape
+        weights = np.empty(weights_shape + (n_queries, n_keys), dtype=q.dtype)
+        # averaged: every head of a group lands on the same (L, S) slice
+        weights_batch_strides = (_batch_strides(weights, weights_shape)
+                                 + ((0,) if average_heads else ()))
     isa = _simd.active()
     tile_queries = _query_tile(n_queries, math.prod(batch_shape), threads,
                                _sdpa.lanes(isa, q.dtype == np.float64))
@@ -233,14 +242,14 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         q, k, v, mask, out, weights, batch_shape,
         (_batch_strides(q, batch_shape), _batch_strides(k, batch_shape),
          _batch_strides(v, batch_shape), mask_batch_strides, _batch_strides(out, batch_shape),
-         _batch_strides(weights, batch_shape) if with_weights else (0,) * len(batch_shape)),
+         weights_batch_strides),
         (1, head_repeats["key"], head_repeats["value"], 1, 1, 1),
         _element_strides(q, "query") + _element_strides(k, "key")
         + _element_strides(v, "value") + mask_strides
         + (_element_strides(out, "out")[0],
            _element_strides(weights, "weights")[0] if with_weights else 0),
         mask_kind, is_causal, float(scale), n_queries, n_keys, head_dim, value_dim,
-        tile_queries, _tiles["keys"], isa, threads)
+        tile_queries, _tiles["keys"], isa, threads, average_heads)
     return out, weights
 
 

@@ -83,7 +83,8 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     requires the mask and treats the flag as a hint).
 
     Returns ``(output, weights)``: output shaped like query with E features;
-    weights ``(N, L, S)`` averaged over heads or ``(N, num_heads, L, S)`` when
+    weights ``(N, L, S)`` averaged over heads (the kernel averages tile by tile:
+    the per-head weights are never stored) or ``(N, num_heads, L, S)`` when
     ``need_weights``, else None (and then the L x S weights are never stored).
     A query whose keys are all masked gets zeros, where torch gives NaN.
     The weights are packed for the kernels on every call (~1 ms for 512 x 1536);
@@ -200,14 +201,12 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
         attended = attended_nle = np.empty((n_batch, n_queries, embed_dim), dtype=dtype)
     _, weights = attention._attend(
         heads(q), heads(k), heads(v), mask, bool(is_causal), None, False, threads,
-        with_weights=bool(need_weights), out=heads(attended_nle))
+        with_weights=bool(need_weights), out=heads(attended_nle),
+        average_heads=bool(average_attn_weights))
     output = project(attended if batched else attended[0], "out", out_proj_weight, out_proj_bias)
 
-    if weights is not None:
-        if average_attn_weights:
-            weights = weights.mean(axis=1)
-        if not batched:
-            weights = weights[0]
+    if weights is not None and not batched:
+        weights = weights[0]
     return output, weights
 
 

@@ -215,3 +215,18 @@ def test_sdpa_linear_matches_numpy(rng):
             np.testing.assert_allclose(linear(x, pack_weight(w), cols, b), expected,
                                        rtol=1e-5 if dtype == np.float32 else 1e-12,
                                        atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_averaged_weights_equal_the_mean_of_per_head_weights(rng, dtype):
+    fm = MultiHeadAttention(32, 4, dtype=dtype, seed=4, batch_first=True)
+    x = rng.standard_normal((3, 211, 32)).astype(dtype)      # 211: ragged query tiles
+    kpm = rng.random((3, 211)) < 0.2
+    kpm[:, 0] = False
+    for kwargs in ({}, {"is_causal": True}, {"key_padding_mask": kpm}):
+        _, per_head = fm(x, x, x, average_attn_weights=False, **kwargs)
+        out, averaged = fm(x, x, x, **kwargs)
+        assert averaged.shape == (3, 211, 211)
+        np.testing.assert_allclose(averaged, per_head.mean(axis=1),
+                                   **({"atol": 1e-6} if dtype == np.float32 else {"atol": 1e-14}))
+        np.testing.assert_array_equal(out, fm(x, x, x, need_weights=False, **kwargs)[0])

@@ -19,8 +19,9 @@ typedef struct {
     const void *key;    ptrdiff_t key_row_stride, key_col_stride;
     const void *value;  ptrdiff_t value_row_stride, value_col_stride;
     void *out;          ptrdiff_t out_row_stride;          /* columns are contiguous */
-    void *weights;      ptrdiff_t weights_row_stride;      /* optional (L, S) softmax weights,
-                                                              columns contiguous; NULL: none */
+    void *weights;      ptrdiff_t weights_row_stride;      /* optional softmax weights of this
+                                                              tile's rows (the pointer is at its
+                                                              first row), columns contiguous */
     const void *mask;   ptrdiff_t mask_row_stride, mask_col_stride;
     int mask_kind;      /* FA_MASK_*; a bool mask is one byte per entry, nonzero = attend */
     int is_causal;      /* query i sees keys j <= i (torch's top-left alignment) */

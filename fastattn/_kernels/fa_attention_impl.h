@@ -284,7 +284,7 @@ static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
 static void FN(store_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                              ptrdiff_t width, const REAL *scores)
 {
-    REAL *weights = (REAL *)job->weights + job->query_start * job->weights_row_stride + key_start;
+    REAL *weights = (REAL *)job->weights + key_start;
     for (ptrdiff_t i = 0; i < job->n_queries; ++i) {
         REAL *row = weights + i * job->weights_row_stride;
         for (ptrdiff_t j = 0; j < n_keys; ++j) row[j] = scores[j * width + i];
@@ -296,7 +296,7 @@ static void FN(store_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n
 static void FN(normalize_weights)(const fa_job *job, ptrdiff_t n_visited, const REAL *row_max,
                                   const REAL *row_sum)
 {
-    REAL *weights = (REAL *)job->weights + job->query_start * job->weights_row_stride;
+    REAL *weights = (REAL *)job->weights;
     for (ptrdiff_t i = 0; i < job->n_queries; ++i) {
         REAL *row = weights + i * job->weights_row_stride;
         const REAL m = row_max[i] == -INFINITY ? 0 : row_max[i];
