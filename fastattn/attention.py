@@ -236,7 +236,9 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         weights_batch_strides = (_batch_strides(weights, weights_shape)
                                  + ((0,) if average_heads else ()))
     isa = _simd.active()
-    tile_queries = _query_tile(n_queries, math.prod(batch_shape), threads,
+    # averaged heads are one job per tile of a group of heads, not per head
+    jobs_per_tile = math.prod(batch_shape[:-1] if average_heads else batch_shape)
+    tile_queries = _query_tile(n_queries, jobs_per_tile, threads,
                                _sdpa.lanes(isa, q.dtype == np.float64))
     _sdpa.attend(
         q, k, v, mask, out, weights, batch_shape,

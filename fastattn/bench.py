@@ -56,10 +56,12 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05):
             start = time.perf_counter()
             for _ in range(block[name]):
                 fn()
-            times[name].append((time.perf_counter() - start) / block[name])
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed / block[name])
             if name == "numpy":
-                # OpenBLAS workers busy-wait ~0.1 s after a call: let them sleep
-                time.sleep(0.15)
+                # OpenBLAS workers busy-wait ~0.1 s after a call, and a long call
+                # leaves gigabytes of scores to give back: let both settle
+                time.sleep(0.15 if elapsed < 0.5 else 1.0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
