@@ -16,6 +16,7 @@ from what the CPU supports (``fastattn/_simd.py``; ``FASTATTN_SIMD`` forces one)
 """
 from fastattn._version import __version__
 from fastattn.attention import (
+    merge_attention,
     scaled_dot_product_attention,
     scaled_dot_product_attention_with_weights,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "__version__",
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_with_weights",
+    "merge_attention",
     "show_config",
     "MultiHeadAttention",
     "multi_head_attention",

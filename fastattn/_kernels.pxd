@@ -11,6 +11,8 @@ cdef extern from "fa_attention.h" nogil:
         FA_ISA_AVX512
         FA_N_ISAS
 
+    Py_ssize_t FA_UNBOUNDED
+
     ctypedef struct fa_job:
         const void *query
         Py_ssize_t query_row_stride, query_col_stride
@@ -22,10 +24,13 @@ cdef extern from "fa_attention.h" nogil:
         Py_ssize_t out_row_stride
         void *weights
         Py_ssize_t weights_row_stride
+        void *lse
         const void *mask
         Py_ssize_t mask_row_stride, mask_col_stride
         int mask_kind
-        int is_causal
+        Py_ssize_t query_offset, window_left, window_right
+        double softcap
+        double alibi_slope
         Py_ssize_t query_start, n_queries
         Py_ssize_t n_keys, head_dim, value_dim
         Py_ssize_t tile_queries, tile_keys

@@ -11,7 +11,7 @@ from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 
 from fastattn._kernels cimport (
-    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, fa_attend_fn, fa_cpu_supports,
+    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_UNBOUNDED, fa_attend_fn, fa_cpu_supports,
     fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
     fa_openmp_enabled, fa_openmp_max_threads,
 )
@@ -47,8 +47,57 @@ def max_threads():
     return fa_openmp_max_threads()
 
 
+UNBOUNDED = FA_UNBOUNDED     # a window side with no bound
+
+
+cdef class Problem:
+    """One attention problem, described once: filled by ``fastattn.attention`` after
+    it has validated every argument, run by :func:`attend`. A new feature adds a
+    field here (and to ``fa_job`` in ``_kernels/fa_attention.h``), not a position.
+
+    Arrays: ``query`` (*batch, L, E), ``key`` (*batch, S, E), ``value`` (*batch,
+    S, Ev), each with its own leading dims that broadcast to ``batch_shape`` (key
+    and value heads repeated ``head_repeats`` times for GQA); ``out`` (*batch, L,
+    Ev), any batch and row strides, contiguous columns; optional ``mask`` (a view
+    broadcast to (*batch, L, S), bool or of the query's dtype, ``mask_kind``
+    saying which), ``weights`` (*batch, L, S), or (*batch[:-1], L, S) with
+    ``average_heads``, ``lse`` (*batch, L), ``alibi_slopes`` (float64, broadcast
+    to ``batch_shape``).
+    """
+    cdef public object query, key, value, out, mask, weights, lse, alibi_slopes
+    cdef public tuple batch_shape, head_repeats
+    cdef public int mask_kind
+    cdef public Py_ssize_t n_queries, n_keys, head_dim, value_dim
+    cdef public double scale, softcap
+    cdef public Py_ssize_t query_offset, window_left, window_right
+    cdef public bint average_heads
+    cdef public Py_ssize_t tile_queries, tile_keys
+    cdef public str isa
+    cdef public int num_threads
+
+    def __init__(self, *, query, key, value, out, batch_shape, double scale, str isa,
+                 int num_threads, Py_ssize_t tile_queries, Py_ssize_t tile_keys,
+                 tuple head_repeats=(1, 1), mask=None, int mask_kind=FA_MASK_NONE,
+                 weights=None, bint average_heads=False, lse=None,
+                 Py_ssize_t query_offset=0, Py_ssize_t window_left=FA_UNBOUNDED,
+                 Py_ssize_t window_right=FA_UNBOUNDED, double softcap=0.0, alibi_slopes=None):
+        self.query, self.key, self.value, self.out = query, key, value, out
+        self.batch_shape, self.head_repeats = tuple(batch_shape), head_repeats
+        # (wraparound is off: no negative indices in this module)
+        self.n_queries, self.head_dim = query.shape[query.ndim - 2], query.shape[query.ndim - 1]
+        self.n_keys, self.value_dim = value.shape[value.ndim - 2], value.shape[value.ndim - 1]
+        self.scale, self.isa, self.num_threads = scale, isa, num_threads
+        self.tile_queries, self.tile_keys = tile_queries, tile_keys
+        self.mask, self.mask_kind = mask, mask_kind
+        self.weights, self.average_heads, self.lse = weights, average_heads, lse
+        self.query_offset, self.window_left, self.window_right = (
+            query_offset, window_left, window_right)
+        self.softcap, self.alibi_slopes = softcap, alibi_slopes
+
+
 cdef enum:
-    N_OPERANDS = 6                   # query, key, value, mask, out, weights
+    # the operands with batch dims, in the order of batch_layout's tables
+    QUERY, KEY, VALUE, MASK, OUT, WEIGHTS, LSE, ALIBI, N_OPERANDS
 
 cdef struct batch_layout:
     # how a flat batch index maps to byte offsets in each operand
@@ -71,6 +120,22 @@ cdef inline Py_ssize_t _batch_offset(const batch_layout *layout, int which,
     return offset
 
 
+def _batch_strides(array, Py_ssize_t n_trailing, tuple batch_shape):
+    """Byte strides of the batch dims of ``array`` (all but its last ``n_trailing``),
+    aligned to the end of ``batch_shape``: 0 where the array broadcasts or is absent."""
+    if array is None:
+        return (0,) * len(batch_shape)
+    lead = array.shape[:array.ndim - n_trailing]
+    pad = (0,) * (len(batch_shape) - len(lead))
+    return pad + tuple(0 if n == 1 else st
+                       for n, st in zip(lead, array.strides[:array.ndim - n_trailing]))
+
+
+cdef inline Py_ssize_t _stride(array, int from_end, Py_ssize_t itemsize):
+    """An array's stride along its dim ``-from_end`` in elements (0 when it is absent)."""
+    return 0 if array is None else array.strides[array.ndim - from_end] // itemsize
+
+
 cdef inline void _add_scaled_rows(char *dst, Py_ssize_t dst_row_bytes, const char *src,
                                   Py_ssize_t n_rows, Py_ssize_t n_cols, double factor,
                                   bint overwrite, bint is_f64) noexcept nogil:
@@ -89,10 +154,10 @@ cdef inline void _add_scaled_rows(char *dst, Py_ssize_t dst_row_bytes, const cha
                 d32[j] = (0 if overwrite else d32[j]) + <float>factor * (<const float *>src)[i * n_cols + j]
 
 
-cdef inline void _run_job(const fa_job *template, fa_attend_fn attend, Py_ssize_t job_index,
-                          Py_ssize_t n_groups, Py_ssize_t heads_averaged, Py_ssize_t n_tiles,
-                          const batch_layout *layout, Py_ssize_t itemsize, void *scratch,
-                          void *head_weights) noexcept nogil:
+cdef inline void _run_job(const fa_job *template, const void *alibi_slopes, fa_attend_fn attend,
+                          Py_ssize_t job_index, Py_ssize_t n_groups, Py_ssize_t heads_averaged,
+                          Py_ssize_t n_tiles, const batch_layout *layout, Py_ssize_t itemsize,
+                          void *scratch, void *head_weights) noexcept nogil:
     """One query tile of one batch entry, or, when heads_averaged > 1, of every head
     of one group of heads, whose weights are averaged into one (L, S) slice."""
     cdef fa_job job = template[0]
@@ -106,14 +171,19 @@ cdef inline void _run_job(const fa_job *template, fa_attend_fn attend, Py_ssize_
     job.n_queries = min(template.tile_queries, n_queries_total - job.query_start)
     for head in range(heads_averaged):
         batch = group * heads_averaged + head
-        job.query = <const char *>template.query + _batch_offset(layout, 0, batch)
-        job.key = <const char *>template.key + _batch_offset(layout, 1, batch)
-        job.value = <const char *>template.value + _batch_offset(layout, 2, batch)
+        job.query = <const char *>template.query + _batch_offset(layout, QUERY, batch)
+        job.key = <const char *>template.key + _batch_offset(layout, KEY, batch)
+        job.value = <const char *>template.value + _batch_offset(layout, VALUE, batch)
         if template.mask != NULL:
-            job.mask = <const char *>template.mask + _batch_offset(layout, 3, batch)
-        job.out = <char *>template.out + _batch_offset(layout, 4, batch)
+            job.mask = <const char *>template.mask + _batch_offset(layout, MASK, batch)
+        job.out = <char *>template.out + _batch_offset(layout, OUT, batch)
+        if template.lse != NULL:
+            job.lse = <char *>template.lse + _batch_offset(layout, LSE, batch)
+        if alibi_slopes != NULL:
+            job.alibi_slope = (<const double *>(<const char *>alibi_slopes
+                                                 + _batch_offset(layout, ALIBI, batch)))[0]
         if template.weights != NULL:
-            weights_tile = (<char *>template.weights + _batch_offset(layout, 5, batch)
+            weights_tile = (<char *>template.weights + _batch_offset(layout, WEIGHTS, batch)
                             + job.query_start * template.weights_row_stride * itemsize)
             if heads_averaged > 1:      # this head's weights go to scratch, then the mean
                 job.weights = head_weights
@@ -127,44 +197,55 @@ cdef inline void _run_job(const fa_job *template, fa_attend_fn attend, Py_ssize_
                              1.0 / heads_averaged, head == 0, itemsize == 8)
 
 
-def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
-           cnp.ndarray out, object weights, tuple batch_shape, tuple batch_strides,
-           tuple head_divisors, tuple strides, int mask_kind, bint is_causal, double scale,
-           Py_ssize_t n_queries, Py_ssize_t n_keys, Py_ssize_t head_dim, Py_ssize_t value_dim,
-           Py_ssize_t tile_queries, Py_ssize_t tile_keys, str isa, int num_threads,
-           bint average_heads=False):
-    """Fill ``out`` (*batch_shape, n_queries, value_dim) with attention, and
-    ``weights`` (*batch_shape, n_queries, n_keys) with its softmax weights unless
-    it is None; with ``average_heads``, ``weights`` is (*batch_shape[:-1],
-    n_queries, n_keys), the mean over the last batch dimension (its batch
-    strides for that dimension are 0), and the per-head weights are never stored.
+cdef inline const void *_data(array):
+    return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray>array)
 
-    ``batch_strides`` holds, for query, key, value, mask, out and weights, the
-    byte strides of each batch dimension (0 where that array broadcasts);
-    ``head_divisors`` maps the last batch dimension (heads) of each onto its own
-    (GQA); ``strides`` the row and column strides, in elements, of query, key,
-    value and mask, then the row strides of out and weights (their columns are
-    contiguous).
+
+def attend(Problem problem):
+    """Fill ``problem.out`` with attention (and ``weights``, ``lse`` where given).
+
+    With ``average_heads``, ``weights`` is (*batch_shape[:-1], L, S), the mean over
+    the last batch dimension, and the per-head weights are never stored.
     """
-    cdef const fa_kernel_table *table = fa_kernel_table_for(ISA_NAMES.index(isa))
-    cdef bint is_f64 = query.dtype.itemsize == 8
+    cdef cnp.ndarray query = problem.query
+    cdef const fa_kernel_table *table = fa_kernel_table_for(ISA_NAMES.index(problem.isa))
+    cdef Py_ssize_t itemsize = query.dtype.itemsize
+    cdef bint is_f64 = itemsize == 8
     cdef fa_attend_fn attend_fn = table.attend_f64 if is_f64 else table.attend_f32
+    cdef Py_ssize_t tile_queries = problem.tile_queries
     cdef size_t scratch_bytes = (table.scratch_bytes_f64 if is_f64 else table.scratch_bytes_f32)(
-        tile_queries, tile_keys, head_dim, value_dim)
+        tile_queries, problem.tile_keys, problem.head_dim, problem.value_dim)
+    cdef tuple batch_shape = problem.batch_shape
     cdef Py_ssize_t n_dims = len(batch_shape), d, which
     cdef Py_ssize_t n_batch = 1
     for d in range(n_dims):
         n_batch *= <Py_ssize_t>batch_shape[d]
+    cdef bint with_weights = problem.weights is not None
+    cdef bint is_bool_mask = problem.mask_kind == FA_MASK_BOOL
     cdef Py_ssize_t heads_averaged = batch_shape[n_dims - 1] if (
-        average_heads and weights is not None and n_dims > 0) else 1
+        problem.average_heads and with_weights and n_dims > 0) else 1
     cdef Py_ssize_t n_groups = n_batch // heads_averaged if heads_averaged else 0
+    cdef Py_ssize_t n_queries = problem.n_queries, n_keys = problem.n_keys
     cdef Py_ssize_t n_tiles = (n_queries + tile_queries - 1) // tile_queries
     cdef Py_ssize_t n_jobs = n_groups * n_tiles
-    cdef Py_ssize_t itemsize = query.dtype.itemsize
     cdef size_t head_weights_bytes = tile_queries * n_keys * itemsize if heads_averaged > 1 else 0
-    if n_jobs == 0 or (value_dim == 0 and weights is None):
+    if n_jobs == 0 or (problem.value_dim == 0 and not with_weights and problem.lse is None):
         return
 
+    # the batch strides of each operand, in bytes (0 where it broadcasts)
+    cdef tuple operand_strides = (
+        _batch_strides(problem.query, 2, batch_shape),
+        _batch_strides(problem.key, 2, batch_shape),
+        _batch_strides(problem.value, 2, batch_shape),
+        _batch_strides(problem.mask, 2, batch_shape),
+        _batch_strides(problem.out, 2, batch_shape),
+        # averaged: every head of a group lands on the same (L, S) slice
+        (_batch_strides(problem.weights, 2, batch_shape[:n_dims - 1]) + (0,)
+         if heads_averaged > 1 else _batch_strides(problem.weights, 2, batch_shape)),
+        _batch_strides(problem.lse, 1, batch_shape),
+        _batch_strides(problem.alibi_slopes, 0, batch_shape),
+    )
+    cdef tuple head_divisors = (1, problem.head_repeats[0], problem.head_repeats[1], 1, 1, 1, 1, 1)
     # sizes, then the batch strides of each operand, in one small C buffer
     cdef Py_ssize_t *dims = <Py_ssize_t *>malloc(
         ((N_OPERANDS + 1) * n_dims + 1) * sizeof(Py_ssize_t))
@@ -179,31 +260,43 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
         layout.strides[which] = dims + (which + 1) * n_dims
         layout.head_divisor[which] = head_divisors[which]
         for d in range(n_dims):
-            dims[(which + 1) * n_dims + d] = batch_strides[which][d]
+            dims[(which + 1) * n_dims + d] = operand_strides[which][d]
 
     cdef fa_job template
     template.query = cnp.PyArray_DATA(query)
-    template.key = cnp.PyArray_DATA(key)
-    template.value = cnp.PyArray_DATA(value)
-    template.out = cnp.PyArray_DATA(out)
-    template.mask = NULL if mask is None else cnp.PyArray_DATA(<cnp.ndarray>mask)
-    template.weights = NULL if weights is None else cnp.PyArray_DATA(<cnp.ndarray>weights)
-    (template.query_row_stride, template.query_col_stride,
-     template.key_row_stride, template.key_col_stride,
-     template.value_row_stride, template.value_col_stride,
-     template.mask_row_stride, template.mask_col_stride,
-     template.out_row_stride, template.weights_row_stride) = strides
-    template.mask_kind = mask_kind
-    template.is_causal = is_causal
+    template.key = _data(problem.key)
+    template.value = _data(problem.value)
+    template.out = <void *>_data(problem.out)
+    template.mask = _data(problem.mask)
+    template.weights = <void *>_data(problem.weights)
+    template.lse = <void *>_data(problem.lse)
+    template.query_row_stride = _stride(query, 2, itemsize)
+    template.query_col_stride = _stride(query, 1, itemsize)
+    template.key_row_stride = _stride(problem.key, 2, itemsize)
+    template.key_col_stride = _stride(problem.key, 1, itemsize)
+    template.value_row_stride = _stride(problem.value, 2, itemsize)
+    template.value_col_stride = _stride(problem.value, 1, itemsize)
+    template.out_row_stride = _stride(problem.out, 2, itemsize)
+    template.weights_row_stride = _stride(problem.weights, 2, itemsize)
+    template.mask_kind = problem.mask_kind
+    # a bool mask is one byte per entry, a float mask has the query's dtype
+    template.mask_row_stride = _stride(problem.mask, 2, 1 if is_bool_mask else itemsize)
+    template.mask_col_stride = _stride(problem.mask, 1, 1 if is_bool_mask else itemsize)
+    template.query_offset = problem.query_offset
+    template.window_left = problem.window_left
+    template.window_right = problem.window_right
+    template.softcap = problem.softcap
+    template.alibi_slope = 0
     template.n_queries = n_queries      # _run_job narrows it to one tile
     template.n_keys = n_keys
-    template.head_dim = head_dim
-    template.value_dim = value_dim
+    template.head_dim = problem.head_dim
+    template.value_dim = problem.value_dim
     template.tile_queries = tile_queries
-    template.tile_keys = tile_keys
-    template.scale = scale
+    template.tile_keys = problem.tile_keys
+    template.scale = problem.scale
+    cdef const void *alibi_slopes = _data(problem.alibi_slopes)
 
-    cdef int n_threads = <int>min(num_threads, n_jobs)
+    cdef int n_threads = <int>min(problem.num_threads, n_jobs)
     cdef Py_ssize_t job_index
     cdef void *scratch
     cdef void *head_weights
@@ -217,8 +310,8 @@ def attend(cnp.ndarray query, cnp.ndarray key, cnp.ndarray value, object mask,
         # every thread must reach the prange (a worksharing loop), so the check is inside
         for job_index in prange(n_jobs, schedule="dynamic"):
             if not allocation_failed[0]:
-                _run_job(&template, attend_fn, job_index, n_groups, heads_averaged, n_tiles,
-                         &layout, itemsize, scratch, head_weights)
+                _run_job(&template, alibi_slopes, attend_fn, job_index, n_groups,
+                         heads_averaged, n_tiles, &layout, itemsize, scratch, head_weights)
         free(scratch)
         free(head_weights)
     # end of the nogil parallel block

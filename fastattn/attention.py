@@ -13,13 +13,14 @@ import numpy as np
 
 from fastattn import _sdpa, _simd
 
-__all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_with_weights"]
+__all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_with_weights",
+           "merge_attention"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Query rows and keys per tile. Per-thread scratch is about
 # (head_dim + tile_keys + value_dim) * tile_queries elements.
-_tiles = {"queries": 192, "keys": 256}
+_tiles = {"queries": 192, "keys": 256, "band_rows": 0.25, "min_band_rows": 64}
 
 
 @contextlib.contextmanager
@@ -72,14 +73,6 @@ def _check_mask(attn_mask, dtype, target_shape):
     return np.broadcast_to(mask, target_shape), kind
 
 
-def _batch_strides(array, batch_shape):
-    """Byte strides of the batch dims of ``array`` (all but the last two),
-    aligned to ``batch_shape``: 0 where the array broadcasts."""
-    lead = array.shape[:-2]
-    pad = (0,) * (len(batch_shape) - len(lead))
-    return pad + tuple(0 if n == 1 else st for n, st in zip(lead, array.strides[:-2]))
-
-
 def _element_strides(array, name):
     itemsize = array.itemsize
     row, col = array.strides[-2:]
@@ -88,13 +81,17 @@ def _element_strides(array, name):
     return row // itemsize, col // itemsize
 
 
-def _query_tile(n_queries, n_batch, threads, lanes):
+def _query_tile(n_queries, n_batch, threads, lanes, band=_sdpa.UNBOUNDED):
     """Rows per query tile: at most the configured size, equal tiles (no small
     remainder tile), enough tiles to keep every thread busy, a multiple of the
-    kernel's vector lanes."""
+    kernel's vector lanes. A tile of T rows under a band of ``band`` keys per
+    query visits about T + band keys for band useful ones, so narrow windows get
+    shorter tiles (``_tiles["band_rows"]`` rows per key of band, measured)."""
     def round_up(n, m):
         return -(-n // m) * m
-    n_tiles = -(-n_queries // round_up(_tiles["queries"], lanes))
+    most_rows = min(_tiles["queries"], max(_tiles["min_band_rows"],
+                                           int(band * _tiles["band_rows"])))
+    n_tiles = -(-n_queries // round_up(most_rows, lanes))
     enough_for_threads = -(-2 * threads // max(n_batch, 1))
     n_tiles = max(1, min(max(n_tiles, enough_for_threads), -(-n_queries // lanes)))
     return round_up(-(-max(n_queries, 1) // n_tiles), lanes)
@@ -110,11 +107,83 @@ def _thread_count(num_threads):
     return int(num_threads)
 
 
+_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def _check_window(window, is_causal):
+    """(left, right) key offsets each query may see, ``_sdpa.UNBOUNDED`` for no bound;
+    ``is_causal`` bounds the right side at 0."""
+    left = right = _sdpa.UNBOUNDED
+    if window is not None:
+        if isinstance(window, (str, bytes)) or not hasattr(window, "__len__") or len(window) != 2:
+            raise TypeError(f"window must be None or a pair (left, right), got {window!r}")
+        sides = []
+        for name, side in zip(("left", "right"), window):
+            if side is None or (isinstance(side, numbers.Integral) and not isinstance(side, bool)
+                                and side == -1):
+                sides.append(_sdpa.UNBOUNDED)
+            elif isinstance(side, bool) or not isinstance(side, numbers.Integral):
+                raise TypeError(f"window {name} side must be an int >= 0, -1 or None "
+                                f"(unbounded), got {side!r} in window={window!r}")
+            elif side < 0:
+                raise ValueError(f"window {name} side must be >= 0, or -1 or None for "
+                                 f"unbounded, got {side} in window={tuple(window)!r}")
+            else:
+                sides.append(min(int(side), _sdpa.UNBOUNDED))
+        left, right = sides
+    if is_causal:
+        right = min(right, 0)
+    return left, right
+
+
+def _query_offset(causal_alignment, n_queries, n_keys):
+    """The key position of query 0: 0 (top-left) or S - L (bottom-right)."""
+    if not isinstance(causal_alignment, str) or causal_alignment not in _ALIGNMENTS:
+        raise ValueError(f"causal_alignment must be 'top_left' or 'bottom_right', "
+                         f"got {causal_alignment!r}")
+    return 0 if causal_alignment == "top_left" else n_keys - n_queries
+
+
+def _check_softcap(softcap):
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap must be a positive real number or None, got {softcap!r}")
+    if not (0 < softcap < math.inf):
+        raise ValueError(f"softcap must be a finite number > 0, got {softcap!r}")
+    return float(softcap)
+
+
+def _check_alibi_slopes(alibi_slopes, batch_shape, query_shape):
+    """The slopes as float64, broadcast to ``batch_shape`` (a view)."""
+    slopes = np.asarray(alibi_slopes)
+    if slopes.dtype == np.bool_ or slopes.dtype.kind not in "fiu":
+        raise TypeError(f"alibi_slopes must be a real (float or int) array, got dtype "
+                        f"{slopes.dtype}")
+    try:
+        shape = np.broadcast_shapes(slopes.shape, batch_shape)
+    except ValueError:
+        shape = None
+    if shape != batch_shape:
+        raise ValueError(
+            f"alibi_slopes of shape {slopes.shape} does not broadcast to the batch and head "
+            f"dims {batch_shape} of the attention (query shape {query_shape}); give one "
+            f"slope per head, shape (H,) or (B, H)")
+    slopes = slopes.astype(np.float64)
+    if not np.isfinite(slopes).all():
+        raise ValueError("alibi_slopes must be finite")
+    return np.broadcast_to(slopes, batch_shape)
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False,
-                                 scale=None, enable_gqa=False, *, num_threads=None):
+                                 scale=None, enable_gqa=False, *, window=None,
+                                 causal_alignment="top_left", softcap=None, alibi_slopes=None,
+                                 return_lse=False, num_threads=None):
     """softmax(query @ key.T * scale + mask) @ value, fused, on NumPy arrays.
 
-    Follows ``torch.nn.functional.scaled_dot_product_attention`` (torch 2.13).
+    Follows ``torch.nn.functional.scaled_dot_product_attention`` (torch 2.13);
+    the keyword-only arguments are FlashAttention's variants, computed inside the
+    fused kernel (no L x S array).
 
     Parameters
     ----------
@@ -127,48 +196,124 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
         Broadcastable to (..., L, S). Boolean: True means the query may attend
         to the key. Float: added to the scaled scores (-inf hides a key).
     is_causal : bool
-        Query i attends to keys j <= i (top-left aligned when L != S). Applied
-        together with ``attn_mask`` when both are given.
+        Query i attends to the keys at positions up to its own (see
+        ``causal_alignment``). Applied together with ``attn_mask`` and ``window``.
     scale : float, optional
         Multiplies the scores; default ``1 / sqrt(E)``.
     enable_gqa : bool
         Grouped-query attention: dim -3 of query (heads) is a multiple of that
         of key and value, and each key/value head serves consecutive query heads.
+    window : (left, right), optional
+        Sliding-window (local) attention: the query at key position p attends
+        the keys j with ``p - left <= j <= p + right``; ``None`` or ``-1`` on a
+        side means unbounded (``(-1, 0)`` is causal). Key tiles outside every
+        query's band are never computed: the cost is O(L * window), not O(L * S).
+    causal_alignment : {"top_left", "bottom_right"}
+        Where the queries sit among the keys, for ``is_causal``, ``window`` and
+        ``alibi_slopes``: query i at key position i (torch's ``is_causal``) or
+        i + S - L (FlashAttention's, torch's ``causal_lower_right``: the last
+        query aligned with the last key, as in a KV-cache prefill).
+    softcap : float, optional
+        Scaled scores become ``softcap * tanh(score / softcap)``, before masks
+        and bias (Gemma 2, FlashAttention).
+    alibi_slopes : array (H,) or (B, H), optional
+        ALiBi: adds ``-slope * |p - j|`` to the score of key j for the query at
+        position p; broadcast like the leading (batch, head) dims of the output.
+    return_lse : bool
+        Also return the log-sum-exp of each query's scores (after scale,
+        softcap, bias and masks), shape (..., L), the input dtype; ``-inf`` for
+        a query that attends no key. With it, ``merge_attention`` combines
+        attention over disjoint sets of keys.
     num_threads : int, optional
         OpenMP threads; default OpenMP's (``OMP_NUM_THREADS`` or all cores).
 
     Returns
     -------
-    array (..., L, Ev) of the input dtype. A query whose keys are all masked
-    out gets zeros (as torch on CPU), never NaN. The L x S matrix of scores is
-    never stored: memory beyond the output is O(tile) per thread.
+    array (..., L, Ev) of the input dtype, or ``(output, lse)`` with
+    ``return_lse``. A query whose keys are all masked out gets zeros (as torch
+    on CPU), never NaN. The L x S matrix of scores is never stored: memory
+    beyond the output is O(tile) per thread.
     """
-    out, _ = _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads,
-                     with_weights=False)
-    return out
+    out, _, lse = _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa,
+                          num_threads, with_weights=False, window=window,
+                          causal_alignment=causal_alignment, softcap=softcap,
+                          alibi_slopes=alibi_slopes, return_lse=return_lse)
+    return (out, lse) if return_lse else out
 
 
 def scaled_dot_product_attention_with_weights(query, key, value, attn_mask=None,
                                               is_causal=False, scale=None, enable_gqa=False,
-                                              *, num_threads=None):
+                                              *, window=None, causal_alignment="top_left",
+                                              softcap=None, alibi_slopes=None, return_lse=False,
+                                              num_threads=None):
     """``scaled_dot_product_attention`` that also returns the softmax weights.
 
-    Returns ``(output, weights)``: output ``(..., L, Ev)`` exactly as
+    Returns ``(output, weights)`` (``(output, weights, lse)`` with
+    ``return_lse``): output ``(..., L, Ev)`` exactly as
     ``scaled_dot_product_attention`` computes it, weights ``(..., L, S)``, rows
     summing to 1 (0 for a query whose keys are all masked). The weights are the
     one O(L x S) allocation: the same fused kernel stores them as it goes.
     """
-    return _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads,
-                   with_weights=True)
+    out, weights, lse = _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa,
+                                num_threads, with_weights=True, window=window,
+                                causal_alignment=causal_alignment, softcap=softcap,
+                                alibi_slopes=alibi_slopes, return_lse=return_lse)
+    return (out, weights, lse) if return_lse else (out, weights)
+
+
+def merge_attention(outputs, lses):
+    """Attention over the union of disjoint sets of keys, from attention over each.
+
+    ``outputs[k]`` (..., L, Ev) and ``lses[k]`` (..., L) are what
+    ``scaled_dot_product_attention(..., return_lse=True)`` returned for the k-th
+    set of keys (same queries, same leading shape, the same dtype). Returns
+    ``(output, lse)`` over all the keys, exact to rounding: with m the largest
+    lse, each part weighs ``exp(lse_k - m)``. A part whose queries saw no key
+    (lse ``-inf``) weighs 0; a query that saw no key in any part gets zeros and
+    lse ``-inf``, as attention over the union would give. This is how split-KV
+    decoding and attention spread over machines put their pieces together.
+    """
+    if isinstance(outputs, np.ndarray) or isinstance(lses, np.ndarray):
+        raise TypeError("outputs and lses must be sequences (lists) of arrays, one per part")
+    outputs, lses = list(outputs), list(lses)
+    if not outputs or len(outputs) != len(lses):
+        raise ValueError(f"merge_attention needs one lse per output and at least one part, "
+                         f"got {len(outputs)} outputs and {len(lses)} lses")
+    outputs = [_float_array(o, f"outputs[{k}]") for k, o in enumerate(outputs)]
+    lses = [_float_array(x, f"lses[{k}]") for k, x in enumerate(lses)]
+    dtype = outputs[0].dtype
+    for k, (o, x) in enumerate(zip(outputs, lses)):
+        if o.dtype != dtype or x.dtype != dtype:
+            raise TypeError(f"every output and lse must have the same dtype, got {dtype} and "
+                            f"outputs[{k}] {o.dtype}, lses[{k}] {x.dtype}")
+        if o.ndim < 1 or o.shape != outputs[0].shape or x.shape != o.shape[:-1]:
+            raise ValueError(f"outputs must all have one shape (..., L, Ev) and lses (..., L): "
+                             f"outputs[0] {outputs[0].shape}, outputs[{k}] {o.shape}, "
+                             f"lses[{k}] {x.shape}")
+    lse_stack = np.stack(lses)
+    top = lse_stack.max(axis=0)
+    finite_top = np.where(np.isneginf(top), 0, top)
+    part_weights = np.exp(lse_stack - finite_top)          # 0 for an empty part
+    total = part_weights.sum(axis=0)
+    output = np.zeros_like(outputs[0])
+    for o, w in zip(outputs, part_weights):
+        output += o * w[..., None]
+    seen = total > 0
+    np.divide(output, total[..., None], out=output, where=seen[..., None])
+    with np.errstate(divide="ignore"):
+        lse = np.where(seen, finite_top + np.log(total), -np.inf).astype(dtype)
+    return output, lse
 
 
 def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads,
-            with_weights, out=None, average_heads=False):
-    """Validate, then run the kernel. ``out``, when given, is where the output
-    goes (any batch and row strides, contiguous columns: MultiHeadAttention
-    writes heads straight into its (N, L, E) buffer); it is trusted. With
-    ``average_heads``, the weights returned are their mean over dim -3 (heads),
-    computed tile by tile without storing each head's."""
+            with_weights, out=None, average_heads=False, window=None,
+            causal_alignment="top_left", softcap=None, alibi_slopes=None, return_lse=False):
+    """Validate, describe the problem, run the kernel; returns (out, weights, lse)
+    (None where not asked for). ``out``, when given, is where the output goes (any
+    batch and row strides, contiguous columns: MultiHeadAttention writes heads
+    straight into its (N, L, E) buffer); it is trusted. With ``average_heads``,
+    the weights returned are their mean over dim -3 (heads), computed tile by tile
+    without storing each head's."""
     q = _float_array(query, "query")
     k = _float_array(key, "key")
     v = _float_array(value, "value")
@@ -210,49 +355,46 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         raise ValueError(f"the leading (batch, head) dimensions of query {q.shape}, key "
                          f"{k.shape} and value {v.shape} do not broadcast together") from None
 
-    mask, mask_kind, mask_strides = None, _sdpa.MASK_NONE, (0, 0)
-    mask_batch_strides = (0,) * len(batch_shape)
+    mask, mask_kind = None, _sdpa.MASK_NONE
     if attn_mask is not None:
         mask, mask_kind = _check_mask(attn_mask, q.dtype, batch_shape + (n_queries, n_keys))
-        mask_strides = _element_strides(mask, "attn_mask")
-        mask_batch_strides = _batch_strides(mask, batch_shape)
+        _element_strides(mask, "attn_mask")
 
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim) if head_dim else 1.0
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number or None, got {scale!r}")
+    window_left, window_right = _check_window(window, bool(is_causal))
+    query_offset = _query_offset(causal_alignment, n_queries, n_keys)
+    softcap = _check_softcap(softcap)
+    if alibi_slopes is not None:
+        alibi_slopes = _check_alibi_slopes(alibi_slopes, batch_shape, q.shape)
     threads = _thread_count(num_threads)
-    is_causal = bool(is_causal)
 
     if out is None:
         out = np.empty(batch_shape + (n_queries, value_dim), dtype=q.dtype)
     average_heads = bool(with_weights and average_heads and batch_shape)
     weights = None
-    weights_batch_strides = (0,) * len(batch_shape)
     if with_weights:
         weights_shape = batch_shape[:-1] if average_heads else batch_shape
         weights = np.empty(weights_shape + (n_queries, n_keys), dtype=q.dtype)
-        # averaged: every head of a group lands on the same (L, S) slice
-        weights_batch_strides = (_batch_strides(weights, weights_shape)
-                                 + ((0,) if average_heads else ()))
+    lse = np.empty(batch_shape + (n_queries,), dtype=q.dtype) if return_lse else None
+    for name, array in (("query", q), ("key", k), ("value", v)):
+        _element_strides(array, name)
     isa = _simd.active()
     # averaged heads are one job per tile of a group of heads, not per head
     jobs_per_tile = math.prod(batch_shape[:-1] if average_heads else batch_shape)
     tile_queries = _query_tile(n_queries, jobs_per_tile, threads,
-                               _sdpa.lanes(isa, q.dtype == np.float64))
-    _sdpa.attend(
-        q, k, v, mask, out, weights, batch_shape,
-        (_batch_strides(q, batch_shape), _batch_strides(k, batch_shape),
-         _batch_strides(v, batch_shape), mask_batch_strides, _batch_strides(out, batch_shape),
-         weights_batch_strides),
-        (1, head_repeats["key"], head_repeats["value"], 1, 1, 1),
-        _element_strides(q, "query") + _element_strides(k, "key")
-        + _element_strides(v, "value") + mask_strides
-        + (_element_strides(out, "out")[0],
-           _element_strides(weights, "weights")[0] if with_weights else 0),
-        mask_kind, is_causal, float(scale), n_queries, n_keys, head_dim, value_dim,
-        tile_queries, _tiles["keys"], isa, threads, average_heads)
-    return out, weights
+                               _sdpa.lanes(isa, q.dtype == np.float64),
+                               window_left + window_right + 1)
+    _sdpa.attend(_sdpa.Problem(
+        query=q, key=k, value=v, out=out, batch_shape=batch_shape,
+        head_repeats=(head_repeats["key"], head_repeats["value"]),
+        mask=mask, mask_kind=mask_kind, weights=weights, average_heads=average_heads, lse=lse,
+        scale=float(scale), query_offset=query_offset, window_left=window_left,
+        window_right=window_right, softcap=softcap, alibi_slopes=alibi_slopes,
+        tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa, num_threads=threads))
+    return out, weights, lse
 
 
 def _attend_matrices(query, key, value, scale):
@@ -260,16 +402,14 @@ def _attend_matrices(query, key, value, scale):
     float64 or float32 alike, C-contiguous, shapes checked by the caller. The
     lean path of small calls (``fastattn.blog``): no broadcasting to work out,
     one thread."""
-    n_queries, head_dim = query.shape
-    n_keys, value_dim = value.shape
-    out = np.empty((n_queries, value_dim), dtype=query.dtype)
-    weights = np.empty((n_queries, n_keys), dtype=query.dtype)
+    n_queries = query.shape[0]
+    out = np.empty((n_queries, value.shape[1]), dtype=query.dtype)
+    weights = np.empty((n_queries, key.shape[0]), dtype=query.dtype)
     isa = _simd.active()
     lanes = _sdpa.lanes(isa, query.dtype == np.float64)
     tile_queries = (_query_tile(n_queries, 1, 1, lanes) if n_queries > _tiles["queries"]
                     else -(-max(n_queries, 1) // lanes) * lanes)
-    _sdpa.attend(query, key, value, None, out, weights, (), ((),) * 6, (1,) * 6,
-                 (head_dim, 1, head_dim, 1, value_dim, 1, 0, 0, value_dim, n_keys),
-                 _sdpa.MASK_NONE, False, float(scale), n_queries, n_keys, head_dim, value_dim,
-                 tile_queries, _tiles["keys"], isa, 1)
+    _sdpa.attend(_sdpa.Problem(query=query, key=key, value=value, out=out, weights=weights,
+                               batch_shape=(), scale=float(scale), tile_queries=tile_queries,
+                               tile_keys=_tiles["keys"], isa=isa, num_threads=1))
     return out, weights

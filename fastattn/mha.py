@@ -199,7 +199,7 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
         attended_nle = attended.swapaxes(0, 1)
     else:
         attended = attended_nle = np.empty((n_batch, n_queries, embed_dim), dtype=dtype)
-    _, weights = attention._attend(
+    _, weights, _ = attention._attend(
         heads(q), heads(k), heads(v), mask, bool(is_causal), None, False, threads,
         with_weights=bool(need_weights), out=heads(attended_nle),
         average_heads=bool(average_attn_weights))

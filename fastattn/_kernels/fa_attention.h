@@ -8,9 +8,14 @@
 #define FA_ATTENTION_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum { FA_MASK_NONE = 0, FA_MASK_BOOL = 1, FA_MASK_ADDITIVE = 2 };
 enum { FA_ISA_BASELINE = 0, FA_ISA_AVX2 = 1, FA_ISA_AVX512 = 2, FA_N_ISAS = 3 };
+
+/* A side of the band of keys a query may see that has no bound (window side
+ * None or -1): far enough that positions +- it never overflow. */
+#define FA_UNBOUNDED (PTRDIFF_MAX / 4)
 
 typedef struct {
     /* Pointers are at row 0, column 0 of this (batch, head); strides count elements,
@@ -22,9 +27,18 @@ typedef struct {
     void *weights;      ptrdiff_t weights_row_stride;      /* optional softmax weights of this
                                                               tile's rows (the pointer is at its
                                                               first row), columns contiguous */
+    void *lse;          /* optional log-sum-exp of the scores, one per query row, contiguous */
     const void *mask;   ptrdiff_t mask_row_stride, mask_col_stride;
     int mask_kind;      /* FA_MASK_*; a bool mask is one byte per entry, nonzero = attend */
-    int is_causal;      /* query i sees keys j <= i (torch's top-left alignment) */
+
+    /* Where the queries sit among the keys, and which keys each may see: query i is
+     * at key position p = i + query_offset (0: top-left, S - L: bottom-right), and
+     * sees the keys j with p - window_left <= j <= p + window_right (FA_UNBOUNDED:
+     * no bound; causal attention is window_right = 0). */
+    ptrdiff_t query_offset, window_left, window_right;
+    double softcap;      /* > 0: scaled scores become softcap * tanh(score / softcap) */
+    double alibi_slope;  /* != 0: adds -alibi_slope * |p - j| to the score of key j */
+
     ptrdiff_t query_start, n_queries;   /* this tile's rows */
     ptrdiff_t n_keys, head_dim, value_dim;
     ptrdiff_t tile_queries;  /* scratch was sized for this many rows (multiple of lanes) */

@@ -197,20 +197,53 @@ static void FN(accumulate_values)(const REAL *probs, ptrdiff_t width, ptrdiff_t 
     }
 }
 
-/* Mask the scores of keys [key_start, key_start + n_keys) in place. */
-static void FN(apply_masks)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
-                            ptrdiff_t width, REAL *scores)
+/* The scores of keys [key_start, key_start + n_keys) for this tile's queries,
+ * in place, in the order the conventions fix: softcap (on the scaled score),
+ * ALiBi bias, then the masks (the band of keys each query may see, the caller's
+ * bool or additive mask). Tiles wholly inside every query's band skip the band
+ * arithmetic. */
+static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                                 ptrdiff_t width, REAL *scores)
 {
     const ptrdiff_t q0 = job->query_start, nq = job->n_queries;
-    if (job->is_causal && key_start + n_keys - 1 > q0) {
-        /* key j hides from the queries before it: a prefix of each row of S */
+    const ptrdiff_t first_position = q0 + job->query_offset;
+
+    if (job->softcap > 0) {
+        const REAL cap = (REAL)job->softcap, inv_cap = (REAL)(1 / job->softcap);
+        for (ptrdiff_t at = 0; at < n_keys * width; at += LANES)
+            VSTORE(scores + at, VTANH(VLOAD(scores + at) * inv_cap) * cap);
+    }
+    if (job->alibi_slope != 0) {
+        /* score[j][i] -= slope * |first_position + i - (key_start + j)| */
+        const REAL slope = (REAL)job->alibi_slope;
+        VREAL lane_index;
+        for (int t = 0; t < LANES; ++t) ((REAL *)&lane_index)[t] = (REAL)t;
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
-            ptrdiff_t hidden = key_start + j - q0;
-            if (hidden <= 0) continue;
-            if (hidden > width) hidden = width;
-            for (ptrdiff_t i = 0; i < hidden; ++i) scores[j * width + i] = -INFINITY;
+            const VREAL start = VSPLAT((REAL)(first_position - key_start - j)) + lane_index;
+            for (ptrdiff_t i = 0; i < width; i += LANES) {
+                REAL *at = scores + j * width + i;
+                VSTORE(at, VLOAD(at) - VABS(start + (REAL)i) * slope);
+            }
         }
     }
+
+    /* key k is seen by the columns i with k - right <= first_position + i <= k + left */
+    const ptrdiff_t left = job->window_left, right = job->window_right;
+    const int inside_band = key_start + n_keys - 1 - right <= first_position &&
+                            key_start + left >= first_position + nq - 1;
+    if (!inside_band) {
+        for (ptrdiff_t j = 0; j < n_keys; ++j) {
+            REAL *s = scores + j * width;
+            const ptrdiff_t k = key_start + j;
+            ptrdiff_t first_seen = k - right - first_position;   /* columns before: hidden */
+            ptrdiff_t last_seen = k + left - first_position;     /* columns after: hidden */
+            if (first_seen > nq) first_seen = nq;
+            if (last_seen < -1) last_seen = -1;
+            for (ptrdiff_t i = 0; i < first_seen; ++i) s[i] = -INFINITY;
+            for (ptrdiff_t i = last_seen + 1; i < nq; ++i) s[i] = -INFINITY;
+        }
+    }
+
     if (job->mask_kind == FA_MASK_NONE) return;
     const ptrdiff_t m_row = job->mask_row_stride, m_col = job->mask_col_stride;
     for (ptrdiff_t j = 0; j < n_keys; ++j) {
@@ -291,27 +324,28 @@ static void FN(store_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n
     }
 }
 
-/* Scores -> softmax weights, with the final max and sum of each query; keys a
- * causal query never visited get 0. */
-static void FN(normalize_weights)(const fa_job *job, ptrdiff_t n_visited, const REAL *row_max,
-                                  const REAL *row_sum)
+/* Scores -> softmax weights, with the final max and sum of each query; the
+ * keys outside [key_begin, key_end), which no query of the tile visited, get 0. */
+static void FN(normalize_weights)(const fa_job *job, ptrdiff_t key_begin, ptrdiff_t key_end,
+                                  const REAL *row_max, const REAL *row_sum)
 {
     REAL *weights = (REAL *)job->weights;
     for (ptrdiff_t i = 0; i < job->n_queries; ++i) {
         REAL *row = weights + i * job->weights_row_stride;
         const REAL m = row_max[i] == -INFINITY ? 0 : row_max[i];
         const REAL inv = row_sum[i] == 0 ? 0 : 1 / row_sum[i];
-        ptrdiff_t j = 0;
-        for (; j + LANES <= n_visited; j += LANES)
+        for (ptrdiff_t j = 0; j < key_begin; ++j) row[j] = 0;
+        ptrdiff_t j = key_begin;
+        for (; j + LANES <= key_end; j += LANES)
             VSTORE(row + j, VEXP(VLOAD(row + j) - m) * inv);
-        if (j < n_visited) {    /* the last, partial vector through a padded copy */
+        if (j < key_end) {    /* the last, partial vector through a padded copy */
             REAL tail[LANES];
-            const ptrdiff_t n = n_visited - j;
+            const ptrdiff_t n = key_end - j;
             for (ptrdiff_t t = 0; t < LANES; ++t) tail[t] = t < n ? row[j + t] - m : 0;
             VSTORE(tail, VEXP(VLOAD(tail)) * inv);
             memcpy(row + j, tail, (size_t)n * sizeof(REAL));
         }
-        for (j = n_visited; j < job->n_keys; ++j) row[j] = 0;
+        for (j = key_end; j < job->n_keys; ++j) row[j] = 0;
     }
 }
 
@@ -359,20 +393,24 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     }
     memset(w.acc, 0, (size_t)(nq * value_dim_pad) * sizeof(REAL));
 
-    /* under the causal mask the keys after the tile's last query are never seen */
-    ptrdiff_t n_keys = job->n_keys;
-    if (job->is_causal && q0 + nq < n_keys) n_keys = q0 + nq;
+    /* only the keys inside some query's band are visited: O(L * window), not O(L * S) */
+    const ptrdiff_t first_position = q0 + job->query_offset;
+    ptrdiff_t key_begin = first_position - job->window_left;
+    ptrdiff_t key_end = first_position + nq + job->window_right;    /* last position + 1 */
+    if (key_begin < 0) key_begin = 0;
+    if (key_end > job->n_keys) key_end = job->n_keys;
+    if (key_end < key_begin) key_end = key_begin;
 
     const REAL *value = (const REAL *)job->value;
     const REAL *key = (const REAL *)job->key;
 
-    for (ptrdiff_t k0 = 0; k0 < n_keys; k0 += job->tile_keys) {
-        const ptrdiff_t nk = n_keys - k0 < job->tile_keys ? n_keys - k0 : job->tile_keys;
+    for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
+        const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
         /* S (nk x width) = K_j . Qt */
         FN(gemm_packed)(key + k0 * job->key_row_stride, job->key_row_stride,
                         job->key_col_stride, nk, w.packed_query, width, width, head_dim,
                         w.scores, width, 0);
-        FN(apply_masks)(job, k0, nk, width, w.scores);
+        FN(transform_scores)(job, k0, nk, width, w.scores);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
         FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
 
@@ -382,7 +420,14 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
                               value_dim_pad, w.rescale, w.acc);
     }
 
-    if (job->weights) FN(normalize_weights)(job, n_keys, w.row_max, w.row_sum);
+    if (job->weights) FN(normalize_weights)(job, key_begin, key_end, w.row_max, w.row_sum);
+    if (job->lse) {
+        /* log sum_j e^(s_j) = m + log l; -inf for a query that saw no key */
+        REAL *lse = (REAL *)job->lse + q0;
+        for (ptrdiff_t i = 0; i < nq; ++i)
+            lse[i] = w.row_sum[i] == 0 ? (REAL)-INFINITY
+                                       : (REAL)((double)w.row_max[i] + log((double)w.row_sum[i]));
+    }
 
     REAL *out = (REAL *)job->out + q0 * job->out_row_stride;
     for (ptrdiff_t i = 0; i < nq; ++i) {

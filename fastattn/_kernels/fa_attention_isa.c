@@ -20,6 +20,8 @@
 #define VWHERE where_f32
 #define VMAX max_f32
 #define VEXP exp_nonpositive_f32
+#define VTANH tanh_f32
+#define VABS abs_f32
 #include "fa_attention_impl.h"
 #undef REAL
 #undef VREAL
@@ -32,6 +34,8 @@
 #undef VWHERE
 #undef VMAX
 #undef VEXP
+#undef VTANH
+#undef VABS
 
 #define REAL double
 #define VREAL vf64
@@ -44,4 +48,6 @@
 #define VWHERE where_f64
 #define VMAX max_f64
 #define VEXP exp_nonpositive_f64
+#define VTANH tanh_f64
+#define VABS abs_f64
 #include "fa_attention_impl.h"
