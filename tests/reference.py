@@ -18,18 +18,31 @@ def tolerance(dtype):
 
 
 def reference_attention(query, key, value, attn_mask=None, is_causal=False, scale=None,
-                        enable_gqa=False):
+                        enable_gqa=False, **variants):
     """softmax(q k^T * scale + mask) v in float64, with torch's semantics:
     bool masks keep True entries, float masks add, causal is top-left
     (tril(ones(L, S))), GQA repeats key/value heads (repeat_interleave on dim -3),
-    and a query that sees no key gets zeros."""
-    return reference_attention_with_weights(query, key, value, attn_mask, is_causal, scale,
-                                            enable_gqa)[0]
+    and a query that sees no key gets zeros. ``variants``: see
+    ``reference_attention_full``."""
+    return reference_attention_full(query, key, value, attn_mask, is_causal, scale,
+                                    enable_gqa, **variants)[0]
 
 
 def reference_attention_with_weights(query, key, value, attn_mask=None, is_causal=False,
-                                     scale=None, enable_gqa=False):
+                                     scale=None, enable_gqa=False, **variants):
     """(output, softmax weights) of ``reference_attention``."""
+    return reference_attention_full(query, key, value, attn_mask, is_causal, scale,
+                                    enable_gqa, **variants)[:2]
+
+
+def reference_attention_full(query, key, value, attn_mask=None, is_causal=False, scale=None,
+                             enable_gqa=False, window=None, causal_alignment="top_left",
+                             softcap=None, alibi_slopes=None):
+    """(output, weights, lse) with FlashAttention's variants, the plain way: the
+    full score matrix. Query i sits at key position p = i (top-left) or
+    i + S - L (bottom-right); it sees key j when j <= p (causal) and
+    p - left <= j <= p + right (window, None or -1 unbounded); scores are
+    c * tanh(s / c) (softcap), then - slope * |p - j| (ALiBi), then the mask."""
     q = np.asarray(query, dtype=np.float64)
     k = np.asarray(key, dtype=np.float64)
     v = np.asarray(value, dtype=np.float64)
@@ -41,9 +54,20 @@ def reference_attention_with_weights(query, key, value, attn_mask=None, is_causa
     if scale is None:
         scale = 1.0 / np.sqrt(head_dim) if head_dim else 1.0
     scores = np.matmul(q, np.swapaxes(k, -1, -2)) * scale
+    if softcap is not None:
+        scores = softcap * np.tanh(scores / softcap)
+    offset = 0 if causal_alignment == "top_left" else n_keys - n_queries
+    position = np.arange(n_queries)[:, None] + offset       # (L, 1)
+    key_index = np.arange(n_keys)[None, :]                   # (1, S)
+    if alibi_slopes is not None:
+        slopes = np.asarray(alibi_slopes, dtype=np.float64)[..., None, None]
+        scores = scores - slopes * np.abs(position - key_index)
     visible = np.ones(scores.shape, dtype=bool)
     if is_causal:
-        visible &= np.tril(np.ones((n_queries, n_keys), dtype=bool))
+        visible &= key_index <= position
+    if window is not None:
+        left, right = (np.inf if side is None or side == -1 else side for side in window)
+        visible &= (key_index >= position - left) & (key_index <= position + right)
     if attn_mask is not None:
         mask = np.asarray(attn_mask)
         if mask.dtype == np.bool_:
@@ -55,5 +79,7 @@ def reference_attention_with_weights(query, key, value, attn_mask=None, is_causa
     row_max = np.where(np.isneginf(row_max), 0.0, row_max)
     weights = np.exp(scores - row_max)
     total = weights.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        lse = np.where(total > 0, row_max + np.log(total), -np.inf)[..., 0]
     weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
-    return np.matmul(weights, v), weights
+    return np.matmul(weights, v), weights, lse

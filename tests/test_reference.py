@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tests.reference import reference_attention, tolerance
+from tests.reference import reference_attention, reference_attention_full, tolerance
 
 
 def test_uniform_scores_average_the_values():
@@ -38,3 +38,32 @@ def test_tolerance_table():
     assert tolerance(np.float32)["atol"] > tolerance(np.float64)["atol"]
     with pytest.raises(KeyError):
         tolerance(np.float16)
+
+
+def test_window_and_alignment_select_the_band():
+    """Three queries over five keys, each value the key's index: the output is the
+    mean index of the keys each query sees."""
+    q, k = np.zeros((3, 1)), np.zeros((5, 1))
+    v = np.arange(5.0)[:, None]
+    # top-left: positions 0, 1, 2; window (1, 0) -> keys {0}, {0, 1}, {1, 2}
+    out = reference_attention(q, k, v, window=(1, 0))
+    np.testing.assert_allclose(out[:, 0], [0.0, 0.5, 1.5])
+    # bottom-right: positions 2, 3, 4; causal -> keys 0..2, 0..3, 0..4
+    out = reference_attention(q, k, v, is_causal=True, causal_alignment="bottom_right")
+    np.testing.assert_allclose(out[:, 0], [1.0, 1.5, 2.0])
+    # right side unbounded
+    out = reference_attention(q, k, v, window=(0, None))
+    np.testing.assert_allclose(out[:, 0], [2.0, 2.5, 3.0])
+
+
+def test_alibi_and_softcap_by_hand():
+    q = np.array([[1.0]])
+    k = np.array([[0.0], [3.0]])
+    v = np.array([[1.0], [0.0]])
+    # scores 0 and 3, ALiBi slope 2 at position 0: 0 - 0 and 3 - 2 * 1 = 1
+    out, weights, lse = reference_attention_full(q, k, v, scale=1.0, alibi_slopes=2.0)
+    np.testing.assert_allclose(weights, [[1 / (1 + np.e), np.e / (1 + np.e)]])
+    np.testing.assert_allclose(lse, [np.log(1 + np.e)])
+    # softcap 1: scores 0 and tanh(3)
+    _, weights, _ = reference_attention_full(q, k, v, scale=1.0, softcap=1.0)
+    np.testing.assert_allclose(weights[0, 1] / weights[0, 0], np.exp(np.tanh(3.0)))

@@ -72,3 +72,52 @@ def test_batch_broadcast_and_empty_keys(rng):
     v = rng.standard_normal((1, 4, 9, 5))
     check(q, k, v)
     check(q, k[..., :0, :], v[..., :0, :])
+
+
+def _band(L, S, alignment, window=None, is_causal=False):
+    """The bool mask of the keys each query sees, for torch."""
+    position = np.arange(L)[:, None] + (0 if alignment == "top_left" else S - L)
+    key_index = np.arange(S)[None, :]
+    visible = np.ones((L, S), dtype=bool)
+    if is_causal:
+        visible &= key_index <= position
+    if window is not None:
+        left, right = (np.inf if side in (None, -1) else side for side in window)
+        visible &= (key_index >= position - left) & (key_index <= position + right)
+    return visible, position - key_index
+
+
+@pytest.mark.filterwarnings("ignore:Lower right causal bias will produce NaNs")
+@pytest.mark.parametrize("L,S", [(9, 30), (30, 9), (40, 40)])
+def test_bottom_right_causal_is_torchs_causal_lower_right(rng, L, S):
+    from torch.nn.attention.bias import causal_lower_right
+    q, k, v = make_inputs(rng, (2, 3), L, S, 16, 8, np.float32)
+    out = scaled_dot_product_attention(q, k, v, is_causal=True, causal_alignment="bottom_right")
+    with torch.no_grad():
+        expected = F.scaled_dot_product_attention(
+            torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v),
+            attn_mask=causal_lower_right(L, S)).numpy()
+    # torch gives NaN where a query sees no key (L > S); fastattn gives zeros
+    seen = ~np.isnan(expected)
+    np.testing.assert_allclose(out[seen], expected[seen], **tolerance(np.float32))
+    np.testing.assert_array_equal(out[~seen], 0)
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("alignment", ["top_left", "bottom_right"])
+@pytest.mark.parametrize("window,is_causal", [((5, 0), False), ((3, 7), False), ((8, None), True),
+                                              ((None, 2), False)])
+def test_window_and_alibi_against_torch_with_the_equivalent_bias(rng, window, is_causal,
+                                                                 alignment, dtype):
+    L, S = 33, 47
+    q, k, v = make_inputs(rng, (2, 4), L, S, 16, 8, dtype)
+    slopes = (2.0 ** -np.arange(1, 5)).astype(dtype)
+    visible, distance = _band(L, S, alignment, window, is_causal)
+    out = scaled_dot_product_attention(q, k, v, window=window, is_causal=is_causal,
+                                       causal_alignment=alignment)
+    np.testing.assert_allclose(out, torch_sdpa(q, k, v, attn_mask=visible), **tolerance(dtype))
+    out = scaled_dot_product_attention(q, k, v, window=window, is_causal=is_causal,
+                                       causal_alignment=alignment, alibi_slopes=slopes)
+    bias = np.where(visible, -slopes[:, None, None] * np.abs(distance), -np.inf).astype(dtype)
+    expected = np.nan_to_num(torch_sdpa(q, k, v, attn_mask=bias), nan=0.0)
+    np.testing.assert_allclose(out, expected, **tolerance(dtype))

@@ -261,16 +261,17 @@ FA_INLINE vf64 exp_nonpositive_f64(vf64 x) {
     return scale_pow2_f64(x, lowest, p, n, n_int);
 }
 
-/* |x| and x with the sign of `sign`, through the sign bit (NaN stays NaN). */
-FA_INLINE vf32 abs_f32(vf32 x) { return from_bits_f32(bits_f32(x) & ~bits_f32(splat_f32(-0.0f))); }
-FA_INLINE vf64 abs_f64(vf64 x) { return from_bits_f64(bits_f64(x) & ~bits_f64(splat_f64(-0.0))); }
+/* |x| and x with the sign of `sign`, through the sign bit (NaN stays NaN).
+ * (The sign bit is built as an integer: splat(-0.0) would be 0 + -0.0 = +0.0.) */
+#define FA_SIGN_BIT_F32 ((vi32){0} + INT32_MIN)
+#define FA_SIGN_BIT_F64 ((vi64){0} + INT64_MIN)
+FA_INLINE vf32 abs_f32(vf32 x) { return from_bits_f32(bits_f32(x) & ~FA_SIGN_BIT_F32); }
+FA_INLINE vf64 abs_f64(vf64 x) { return from_bits_f64(bits_f64(x) & ~FA_SIGN_BIT_F64); }
 FA_INLINE vf32 copysign_f32(vf32 magnitude, vf32 sign) {
-    const vi32 bit = bits_f32(splat_f32(-0.0f));
-    return from_bits_f32((bits_f32(magnitude) & ~bit) | (bits_f32(sign) & bit));
+    return from_bits_f32((bits_f32(magnitude) & ~FA_SIGN_BIT_F32) | (bits_f32(sign) & FA_SIGN_BIT_F32));
 }
 FA_INLINE vf64 copysign_f64(vf64 magnitude, vf64 sign) {
-    const vi64 bit = bits_f64(splat_f64(-0.0));
-    return from_bits_f64((bits_f64(magnitude) & ~bit) | (bits_f64(sign) & bit));
+    return from_bits_f64((bits_f64(magnitude) & ~FA_SIGN_BIT_F64) | (bits_f64(sign) & FA_SIGN_BIT_F64));
 }
 
 /* tanh(x), for softcapping. For |x| >= 0.3 from e = e^(-2|x|): (1 - e) / (1 + e),
