@@ -24,6 +24,12 @@ def main(argv=None):
                        help="L for the peak-memory measurement (0 to skip)")
     bench.add_argument("--plot", metavar="FILE.png",
                        help="draw time against L, log-log, with fitted slopes")
+    bench.add_argument("--window-lengths", type=int, nargs="+",
+                       default=[1024, 2048, 4096, 8192, 16384, 32768, 65536],
+                       help="L for the sliding-window section")
+    bench.add_argument("--window-mask-max-length", type=int, default=8192,
+                       help="longest L at which the window is also run as a bool mask")
+    bench.add_argument("--no-window", action="store_true", help="skip the sliding-window section")
     bench.add_argument("--no-mha", action="store_true", help="skip MultiHeadAttention")
     bench.add_argument("--no-blog", action="store_true", help="skip the blog's functions")
     bench.add_argument("--quick", action="store_true", help="L up to 1024, 3 repeats")
@@ -38,6 +44,7 @@ def main(argv=None):
             args.lengths = [n for n in args.lengths if n <= 1024]
             args.repeats = 3
             args.memory_length = min(args.memory_length, 4096)
+            args.window_lengths = [n for n in args.window_lengths if n <= 8192]
         return bench_module.run(args)
     return 2
 

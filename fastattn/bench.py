@@ -145,6 +145,63 @@ def run_mha(torch, threads, repeats, lengths=(128, 512, 2048), batch=4, embed_di
                   flush=True)
 
 
+def window_band(length, window):
+    """The bool (L, L) mask of causal sliding-window attention, window=(window, 0):
+    what a user without a windowed kernel passes as attn_mask."""
+    position = np.arange(length)
+    distance = position[:, None] - position[None, :]
+    return (distance >= 0) & (distance <= window)
+
+
+def run_window(torch, threads, repeats, windows=(256, 512, 1024),
+               lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536), mask_max_length=8192,
+               heads=8, head_dim=64):
+    """Causal sliding-window attention, window=(w, 0): fastattn's band against the
+    same attention through an (L, L) bool mask, in fastattn and in torch (up to
+    ``mask_max_length``, past which the mask alone would be gigabytes)."""
+    print(f"\nsliding window, causal, window=(w, 0): B=1 H={heads} D={head_dim} float32; "
+          f"masks up to L={mask_max_length}")
+    header = (f"{'w':>5} {'L':>6} {'fastattn ms':>12} {'mask ms':>10} {'torch mask ms':>14} "
+              f"{'vs mask':>8} {'vs torch':>9}")
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    slopes = {}
+    for window in windows:
+        times = []
+        for length in lengths:
+            shape = (1, heads, length, head_dim)
+            q, k, v = (rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
+            contenders = {"fastattn": lambda: scaled_dot_product_attention(
+                q, k, v, is_causal=True, window=(window, 0), num_threads=threads)}
+            if length <= mask_max_length:
+                band = window_band(length, window)
+                contenders["mask"] = lambda: scaled_dot_product_attention(
+                    q, k, v, attn_mask=band, num_threads=threads)
+                if torch is not None:
+                    tq, tk, tv, tband = (torch.from_numpy(a) for a in (q, k, v, band))
+                    contenders["torch"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+                        tq, tk, tv, attn_mask=tband)
+            medians = _interleaved_medians(contenders, repeats)
+            ours = medians["fastattn"]
+            times.append(ours)
+
+            def cell(name, width):
+                return f"{medians[name] * 1e3:{width}.2f}" if name in medians else f"{'-':>{width}}"
+
+            def ratio(name, width):
+                return f"{medians[name] / ours:{width - 1}.1f}x" if name in medians else f"{'-':>{width}}"
+
+            print(f"{window:>5} {length:>6} {ours * 1e3:12.2f} {cell('mask', 10)} "
+                  f"{cell('torch', 14)} {ratio('mask', 8)} {ratio('torch', 9)}", flush=True)
+        long = [(n, t) for n, t in zip(lengths, times) if n >= 4096]
+        if len(long) >= 2:
+            slopes[window] = fitted_slope(*zip(*long), min_length=4096)
+    for window, slope in slopes.items():
+        print(f"w={window}: time ~ L^{slope:.2f} over L >= 4096 (dense attention: ~L^2)")
+    return slopes
+
+
 def run_blog(repeats):
     """Per-call latency of the blog's functions at blog size (a sentence of <= 10 words)."""
     word_to_index, _, embeddings = blog.create_word_representations(SENTENCES, seed=0)
@@ -166,10 +223,10 @@ def run_blog(repeats):
         print(f"{name:<34} {t_ours * 1e6:12.2f} {t_blog * 1e6:14.2f} {t_blog / t_ours:8.2f}x")
 
 
-def fitted_slope(lengths, seconds):
-    """Exponent p of time ~ L^p, least squares on log-log over L >= 1024 (the
+def fitted_slope(lengths, seconds, min_length=1024):
+    """Exponent p of time ~ L^p, least squares on log-log over L >= min_length (the
     quadratic regime; short calls carry fixed costs) or over all when too few."""
-    points = [(n, t) for n, t in zip(lengths, seconds) if t and n >= 1024]
+    points = [(n, t) for n, t in zip(lengths, seconds) if t and n >= min_length]
     if len(points) < 2:
         points = [(n, t) for n, t in zip(lengths, seconds) if t]
     if len(points) < 2:
@@ -275,6 +332,9 @@ def run(args):
         print(f"\npeak memory beyond inputs and output at L={args.memory_length}, "
               f"H={args.heads}, D={head_dim}: {extra / MIB:.1f} MiB "
               f"(the materialised score matrix alone would be {scores / MIB:,.0f} MiB)")
+    if not args.no_window:
+        run_window(torch, threads, args.repeats, lengths=args.window_lengths,
+                   mask_max_length=args.window_mask_max_length)
     if not args.no_mha:
         run_mha(torch, threads, args.repeats,
                 lengths=[n for n in (128, 512, 2048) if n <= max(args.lengths)] or [128])
