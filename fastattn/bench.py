@@ -84,13 +84,15 @@ def current_rss():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
 
-heads, length, head_dim, threads, dtype, which = sys.argv[1:]
+heads, length, head_dim, threads, dtype, which, window = sys.argv[1:]
 shape = (1, int(heads), int(length), int(head_dim))
 rng = np.random.default_rng(0)
 q, k, v = (rng.standard_normal(shape, dtype=dtype) for _ in range(3))
 if which == "fastattn":
+    variants = dict(is_causal=True, window=(int(window), 0)) if int(window) >= 0 else {}
     def attend(q, k, v):
-        return fastattn.scaled_dot_product_attention(q, k, v, num_threads=int(threads))
+        return fastattn.scaled_dot_product_attention(q, k, v, num_threads=int(threads),
+                                                     **variants)
 else:
     attend = materialized_attention
 attend(q[..., :8, :], k[..., :8, :], v[..., :8, :])   # load everything first
@@ -102,13 +104,15 @@ print(peak_rss() - before - out.nbytes)
 """
 
 
-def peak_extra_memory(heads, length, head_dim, threads, dtype="float32", which="fastattn"):
+def peak_extra_memory(heads, length, head_dim, threads, dtype="float32", which="fastattn",
+                      window=None):
     """Bytes one attention call needs beyond its inputs and output, measured in a
     fresh process (Linux: /proc peak RSS); ``which`` is "fastattn" or "numpy"
-    (the materialised reference)."""
+    (the materialised reference); ``window``: fastattn's causal window=(w, 0)."""
     result = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE, str(heads), str(length), str(head_dim),
-         str(threads), dtype, which], capture_output=True, text=True, check=True)
+         str(threads), dtype, which, str(-1 if window is None else window)],
+        capture_output=True, text=True, check=True)
     return int(result.stdout.strip())
 
 
