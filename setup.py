@@ -32,9 +32,10 @@ IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # Per instruction set: (macro, GCC/Clang flags); x86-64 GCC/Clang builds only.
 ISA_FLAGS = {
     "baseline": (None, []),
-    "avx2": ("FA_BUILD_AVX2", ["-mavx2", "-mfma"]),
+    "avx2": ("FA_BUILD_AVX2", ["-mavx2", "-mfma", "-mf16c"]),
     "avx512": ("FA_BUILD_AVX512",
-               ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"]),
+               ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma",
+                "-mf16c"]),
 }
 
 

@@ -6,6 +6,8 @@ cdef extern from "fa_attention.h" nogil:
         FA_MASK_NONE
         FA_MASK_BOOL
         FA_MASK_ADDITIVE
+        FA_STORAGE_NATIVE
+        FA_STORAGE_F16
         FA_ISA_BASELINE
         FA_ISA_AVX2
         FA_ISA_AVX512
@@ -28,9 +30,11 @@ cdef extern from "fa_attention.h" nogil:
         const void *mask
         Py_ssize_t mask_row_stride, mask_col_stride
         int mask_kind
-        Py_ssize_t query_offset, window_left, window_right
+        Py_ssize_t query_offset, rows_per_position, window_left, window_right
         double softcap
-        double alibi_slope
+        const double *alibi_slopes
+        int kv_storage
+        Py_ssize_t split_index, n_splits
         Py_ssize_t query_start, n_queries
         Py_ssize_t n_keys, head_dim, value_dim
         Py_ssize_t tile_queries, tile_keys
@@ -47,6 +51,10 @@ cdef extern from "fa_attention.h" nogil:
         Py_ssize_t depth
 
     ctypedef void (*fa_attend_fn)(const fa_job *job, void *scratch) noexcept nogil
+    ctypedef void (*fa_merge_fn)(Py_ssize_t n_parts, const void *part_out, const void *part_lse,
+                                 Py_ssize_t part_out_stride, Py_ssize_t part_lse_stride,
+                                 Py_ssize_t n_rows, Py_ssize_t value_dim, void *out,
+                                 Py_ssize_t out_row_stride, void *lse) noexcept nogil
     ctypedef void (*fa_linear_fn)(const fa_linear_job *job, Py_ssize_t row_start,
                                   Py_ssize_t n_rows, Py_ssize_t col_start, Py_ssize_t n_cols,
                                   void *scratch) noexcept nogil
@@ -59,6 +67,7 @@ cdef extern from "fa_attention.h" nogil:
         int lanes_f32, lanes_f64
         fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64
         fa_attend_fn attend_f32, attend_f64
+        fa_merge_fn merge_f32, merge_f64
         fa_linear_scratch_fn linear_scratch_bytes_f32, linear_scratch_bytes_f64
         fa_linear_fn linear_f32, linear_f64
 

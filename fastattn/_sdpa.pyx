@@ -11,7 +11,8 @@ from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 
 from fastattn._kernels cimport (
-    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_UNBOUNDED, fa_attend_fn, fa_cpu_supports,
+    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_STORAGE_F16, FA_STORAGE_NATIVE,
+    FA_UNBOUNDED, fa_attend_fn, fa_cpu_supports, fa_merge_fn,
     fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
     fa_openmp_enabled, fa_openmp_max_threads,
 )
@@ -51,27 +52,37 @@ UNBOUNDED = FA_UNBOUNDED     # a window side with no bound
 
 
 cdef class Problem:
-    """One attention problem, described once: filled by ``fastattn.attention`` after
-    it has validated every argument, run by :func:`attend`. A new feature adds a
-    field here (and to ``fa_job`` in ``_kernels/fa_attention.h``), not a position.
+    """One attention problem, described once: filled by ``fastattn.attention`` (or
+    ``fastattn.kvcache``) after every argument was validated, run by :func:`attend`.
+    A new feature adds a field here (and to ``fa_job`` in
+    ``_kernels/fa_attention.h``), not a position.
 
     Arrays: ``query`` (*batch, L, E), ``key`` (*batch, S, E), ``value`` (*batch,
     S, Ev), each with its own leading dims that broadcast to ``batch_shape`` (key
-    and value heads repeated ``head_repeats`` times for GQA); ``out`` (*batch, L,
-    Ev), any batch and row strides, contiguous columns; optional ``mask`` (a view
+    and value heads repeated ``head_repeats`` times for GQA); key and value may be
+    float16 storage for a float32 query (``kv_storage``); ``out`` (*batch, L, Ev),
+    any batch and row strides, contiguous columns; optional ``mask`` (a view
     broadcast to (*batch, L, S), bool or of the query's dtype, ``mask_kind``
     saying which), ``weights`` (*batch, L, S), or (*batch[:-1], L, S) with
-    ``average_heads``, ``lse`` (*batch, L), ``alibi_slopes`` (float64, broadcast
-    to ``batch_shape``).
+    ``average_heads``, ``lse`` (*batch, L), ``alibi_slopes`` (float64, (*batch,
+    rows_per_position), contiguous last dim), ``key_lengths`` and
+    ``query_offsets`` (int64, broadcast to ``batch_shape``: per-batch key counts
+    and query positions, overriding ``n_keys`` and ``query_offset``).
+
+    Query row r sits at key position ``query_offset + r // rows_per_position``
+    (rows_per_position > 1: the rows of a GQA group's heads, position-major).
+    ``n_splits`` > 1 splits each job's keys into that many chunks run in parallel
+    and merged by log-sum-exp (split-KV; no weights then).
     """
     cdef public object query, key, value, out, mask, weights, lse, alibi_slopes
+    cdef public object key_lengths, query_offsets
     cdef public tuple batch_shape, head_repeats
-    cdef public int mask_kind
+    cdef public int mask_kind, kv_storage
     cdef public Py_ssize_t n_queries, n_keys, head_dim, value_dim
     cdef public double scale, softcap
-    cdef public Py_ssize_t query_offset, window_left, window_right
+    cdef public Py_ssize_t query_offset, rows_per_position, window_left, window_right
     cdef public bint average_heads
-    cdef public Py_ssize_t tile_queries, tile_keys
+    cdef public Py_ssize_t tile_queries, tile_keys, n_splits
     cdef public str isa
     cdef public int num_threads
 
@@ -79,25 +90,29 @@ cdef class Problem:
                  int num_threads, Py_ssize_t tile_queries, Py_ssize_t tile_keys,
                  tuple head_repeats=(1, 1), mask=None, int mask_kind=FA_MASK_NONE,
                  weights=None, bint average_heads=False, lse=None,
-                 Py_ssize_t query_offset=0, Py_ssize_t window_left=FA_UNBOUNDED,
-                 Py_ssize_t window_right=FA_UNBOUNDED, double softcap=0.0, alibi_slopes=None):
+                 Py_ssize_t query_offset=0, Py_ssize_t rows_per_position=1,
+                 Py_ssize_t window_left=FA_UNBOUNDED, Py_ssize_t window_right=FA_UNBOUNDED,
+                 double softcap=0.0, alibi_slopes=None, key_lengths=None, query_offsets=None,
+                 Py_ssize_t n_splits=1):
         self.query, self.key, self.value, self.out = query, key, value, out
         self.batch_shape, self.head_repeats = tuple(batch_shape), head_repeats
         # (wraparound is off: no negative indices in this module)
         self.n_queries, self.head_dim = query.shape[query.ndim - 2], query.shape[query.ndim - 1]
         self.n_keys, self.value_dim = value.shape[value.ndim - 2], value.shape[value.ndim - 1]
+        self.kv_storage = FA_STORAGE_F16 if key.dtype.itemsize == 2 else FA_STORAGE_NATIVE
         self.scale, self.isa, self.num_threads = scale, isa, num_threads
-        self.tile_queries, self.tile_keys = tile_queries, tile_keys
+        self.tile_queries, self.tile_keys, self.n_splits = tile_queries, tile_keys, n_splits
         self.mask, self.mask_kind = mask, mask_kind
         self.weights, self.average_heads, self.lse = weights, average_heads, lse
-        self.query_offset, self.window_left, self.window_right = (
-            query_offset, window_left, window_right)
+        self.query_offset, self.rows_per_position = query_offset, rows_per_position
+        self.window_left, self.window_right = window_left, window_right
         self.softcap, self.alibi_slopes = softcap, alibi_slopes
+        self.key_lengths, self.query_offsets = key_lengths, query_offsets
 
 
 cdef enum:
     # the operands with batch dims, in the order of batch_layout's tables
-    QUERY, KEY, VALUE, MASK, OUT, WEIGHTS, LSE, ALIBI, N_OPERANDS
+    QUERY, KEY, VALUE, MASK, OUT, WEIGHTS, LSE, ALIBI, KEY_LENGTHS, QUERY_OFFSETS, N_OPERANDS
 
 cdef struct batch_layout:
     # how a flat batch index maps to byte offsets in each operand
@@ -154,21 +169,35 @@ cdef inline void _add_scaled_rows(char *dst, Py_ssize_t dst_row_bytes, const cha
                 d32[j] = (0 if overwrite else d32[j]) + <float>factor * (<const float *>src)[i * n_cols + j]
 
 
-cdef inline void _run_job(const fa_job *template, const void *alibi_slopes, fa_attend_fn attend,
-                          Py_ssize_t job_index, Py_ssize_t n_groups, Py_ssize_t heads_averaged,
-                          Py_ssize_t n_tiles, const batch_layout *layout, Py_ssize_t itemsize,
-                          void *scratch, void *head_weights) noexcept nogil:
-    """One query tile of one batch entry, or, when heads_averaged > 1, of every head
-    of one group of heads, whose weights are averaged into one (L, S) slice."""
+cdef struct job_plan:
+    # what every job shares beyond the template: how job indices map to work
+    Py_ssize_t n_groups, heads_averaged, n_tiles, n_splits, n_batch, itemsize
+    const void *alibi_slopes          # per-batch pointers read through the layout
+    const void *key_lengths
+    const void *query_offsets
+    char *part_out                    # split-KV partial outputs and lses, or NULL
+    char *part_lse
+
+
+cdef inline void _run_job(const fa_job *template, const job_plan *plan, fa_attend_fn attend,
+                          Py_ssize_t job_index, const batch_layout *layout, void *scratch,
+                          void *head_weights) noexcept nogil:
+    """One query tile (one key chunk of it, under split-KV) of one batch entry, or,
+    when heads_averaged > 1, of every head of one group of heads, whose weights are
+    averaged into one (L, S) slice."""
     cdef fa_job job = template[0]
+    cdef Py_ssize_t itemsize = plan.itemsize, heads_averaged = plan.heads_averaged
+    cdef Py_ssize_t group = job_index % plan.n_groups
+    cdef Py_ssize_t rest = job_index // plan.n_groups
     # heaviest tiles first (the last ones, under a causal mask) for a balanced finish
-    cdef Py_ssize_t group = job_index % n_groups
-    cdef Py_ssize_t tile = n_tiles - 1 - job_index // n_groups
+    cdef Py_ssize_t tile = plan.n_tiles - 1 - rest % plan.n_tiles
+    cdef Py_ssize_t split = rest // plan.n_tiles
     cdef Py_ssize_t n_queries_total = template.n_queries
-    cdef Py_ssize_t batch, head
+    cdef Py_ssize_t batch, head, part
     cdef char *weights_tile = NULL
     job.query_start = tile * template.tile_queries
     job.n_queries = min(template.tile_queries, n_queries_total - job.query_start)
+    job.split_index = split
     for head in range(heads_averaged):
         batch = group * heads_averaged + head
         job.query = <const char *>template.query + _batch_offset(layout, QUERY, batch)
@@ -176,12 +205,23 @@ cdef inline void _run_job(const fa_job *template, const void *alibi_slopes, fa_a
         job.value = <const char *>template.value + _batch_offset(layout, VALUE, batch)
         if template.mask != NULL:
             job.mask = <const char *>template.mask + _batch_offset(layout, MASK, batch)
-        job.out = <char *>template.out + _batch_offset(layout, OUT, batch)
-        if template.lse != NULL:
-            job.lse = <char *>template.lse + _batch_offset(layout, LSE, batch)
-        if alibi_slopes != NULL:
-            job.alibi_slope = (<const double *>(<const char *>alibi_slopes
-                                                 + _batch_offset(layout, ALIBI, batch)))[0]
+        if plan.part_out != NULL:       # split-KV: this chunk's output, merged later
+            part = split * plan.n_batch + batch
+            job.out = plan.part_out + part * n_queries_total * template.value_dim * itemsize
+            job.lse = plan.part_lse + part * n_queries_total * itemsize
+        else:
+            job.out = <char *>template.out + _batch_offset(layout, OUT, batch)
+            if template.lse != NULL:
+                job.lse = <char *>template.lse + _batch_offset(layout, LSE, batch)
+        if plan.alibi_slopes != NULL:
+            job.alibi_slopes = <const double *>(<const char *>plan.alibi_slopes
+                                                + _batch_offset(layout, ALIBI, batch))
+        if plan.key_lengths != NULL:
+            job.n_keys = (<const long long *>(<const char *>plan.key_lengths
+                                               + _batch_offset(layout, KEY_LENGTHS, batch)))[0]
+        if plan.query_offsets != NULL:
+            job.query_offset = (<const long long *>(<const char *>plan.query_offsets
+                                                     + _batch_offset(layout, QUERY_OFFSETS, batch)))[0]
         if template.weights != NULL:
             weights_tile = (<char *>template.weights + _batch_offset(layout, WEIGHTS, batch)
                             + job.query_start * template.weights_row_stride * itemsize)
@@ -227,7 +267,9 @@ def attend(Problem problem):
     cdef Py_ssize_t n_groups = n_batch // heads_averaged if heads_averaged else 0
     cdef Py_ssize_t n_queries = problem.n_queries, n_keys = problem.n_keys
     cdef Py_ssize_t n_tiles = (n_queries + tile_queries - 1) // tile_queries
-    cdef Py_ssize_t n_jobs = n_groups * n_tiles
+    cdef Py_ssize_t n_splits = max(1, problem.n_splits)
+    cdef Py_ssize_t n_jobs = n_groups * n_tiles * n_splits
+    cdef Py_ssize_t kv_itemsize = problem.key.dtype.itemsize
     cdef size_t head_weights_bytes = tile_queries * n_keys * itemsize if heads_averaged > 1 else 0
     if n_jobs == 0 or (problem.value_dim == 0 and not with_weights and problem.lse is None):
         return
@@ -243,9 +285,12 @@ def attend(Problem problem):
         (_batch_strides(problem.weights, 2, batch_shape[:n_dims - 1]) + (0,)
          if heads_averaged > 1 else _batch_strides(problem.weights, 2, batch_shape)),
         _batch_strides(problem.lse, 1, batch_shape),
-        _batch_strides(problem.alibi_slopes, 0, batch_shape),
+        _batch_strides(problem.alibi_slopes, 1, batch_shape),
+        _batch_strides(problem.key_lengths, 0, batch_shape),
+        _batch_strides(problem.query_offsets, 0, batch_shape),
     )
-    cdef tuple head_divisors = (1, problem.head_repeats[0], problem.head_repeats[1], 1, 1, 1, 1, 1)
+    cdef tuple head_divisors = (1, problem.head_repeats[0], problem.head_repeats[1],
+                                1, 1, 1, 1, 1, 1, 1)
     # sizes, then the batch strides of each operand, in one small C buffer
     cdef Py_ssize_t *dims = <Py_ssize_t *>malloc(
         ((N_OPERANDS + 1) * n_dims + 1) * sizeof(Py_ssize_t))
@@ -272,10 +317,11 @@ def attend(Problem problem):
     template.lse = <void *>_data(problem.lse)
     template.query_row_stride = _stride(query, 2, itemsize)
     template.query_col_stride = _stride(query, 1, itemsize)
-    template.key_row_stride = _stride(problem.key, 2, itemsize)
-    template.key_col_stride = _stride(problem.key, 1, itemsize)
-    template.value_row_stride = _stride(problem.value, 2, itemsize)
-    template.value_col_stride = _stride(problem.value, 1, itemsize)
+    template.key_row_stride = _stride(problem.key, 2, kv_itemsize)
+    template.key_col_stride = _stride(problem.key, 1, kv_itemsize)
+    template.value_row_stride = _stride(problem.value, 2, kv_itemsize)
+    template.value_col_stride = _stride(problem.value, 1, kv_itemsize)
+    template.kv_storage = problem.kv_storage
     template.out_row_stride = _stride(problem.out, 2, itemsize)
     template.weights_row_stride = _stride(problem.weights, 2, itemsize)
     template.mask_kind = problem.mask_kind
@@ -283,10 +329,13 @@ def attend(Problem problem):
     template.mask_row_stride = _stride(problem.mask, 2, 1 if is_bool_mask else itemsize)
     template.mask_col_stride = _stride(problem.mask, 1, 1 if is_bool_mask else itemsize)
     template.query_offset = problem.query_offset
+    template.rows_per_position = problem.rows_per_position
     template.window_left = problem.window_left
     template.window_right = problem.window_right
     template.softcap = problem.softcap
-    template.alibi_slope = 0
+    template.alibi_slopes = NULL
+    template.split_index = 0
+    template.n_splits = n_splits
     template.n_queries = n_queries      # _run_job narrows it to one tile
     template.n_keys = n_keys
     template.head_dim = problem.head_dim
@@ -294,10 +343,28 @@ def attend(Problem problem):
     template.tile_queries = tile_queries
     template.tile_keys = problem.tile_keys
     template.scale = problem.scale
-    cdef const void *alibi_slopes = _data(problem.alibi_slopes)
+
+    cdef job_plan plan
+    plan.n_groups, plan.heads_averaged, plan.n_tiles = n_groups, heads_averaged, n_tiles
+    plan.n_splits, plan.n_batch, plan.itemsize = n_splits, n_batch, itemsize
+    plan.alibi_slopes = _data(problem.alibi_slopes)
+    plan.key_lengths = _data(problem.key_lengths)
+    plan.query_offsets = _data(problem.query_offsets)
+    plan.part_out = plan.part_lse = NULL
+    cdef fa_merge_fn merge_fn = table.merge_f64 if is_f64 else table.merge_f32
+    cdef size_t part_out_bytes = n_splits * n_batch * n_queries * problem.value_dim * itemsize
+    if n_splits > 1:
+        # split-KV: each chunk's normalised output and lse, merged below (O(chunks * L * Ev))
+        plan.part_out = <char *>malloc(part_out_bytes)
+        plan.part_lse = <char *>malloc(n_splits * n_batch * n_queries * itemsize)
+        if plan.part_out == NULL or plan.part_lse == NULL:
+            free(plan.part_out)
+            free(plan.part_lse)
+            free(dims)
+            raise MemoryError(f"fastattn: could not allocate {part_out_bytes} bytes for split-KV")
 
     cdef int n_threads = <int>min(problem.num_threads, n_jobs)
-    cdef Py_ssize_t job_index
+    cdef Py_ssize_t job_index, batch
     cdef void *scratch
     cdef void *head_weights
     cdef int allocation_failed[1]
@@ -310,11 +377,24 @@ def attend(Problem problem):
         # every thread must reach the prange (a worksharing loop), so the check is inside
         for job_index in prange(n_jobs, schedule="dynamic"):
             if not allocation_failed[0]:
-                _run_job(&template, alibi_slopes, attend_fn, job_index, n_groups,
-                         heads_averaged, n_tiles, &layout, itemsize, scratch, head_weights)
+                _run_job(&template, &plan, attend_fn, job_index, &layout, scratch, head_weights)
         free(scratch)
         free(head_weights)
     # end of the nogil parallel block
+    if n_splits > 1 and not allocation_failed[0]:
+        with nogil:
+            for batch in prange(n_batch, num_threads=min(n_threads, n_batch), schedule="static"):
+                merge_fn(n_splits,
+                         plan.part_out + batch * n_queries * template.value_dim * itemsize,
+                         plan.part_lse + batch * n_queries * itemsize,
+                         n_batch * n_queries * template.value_dim, n_batch * n_queries,
+                         n_queries, template.value_dim,
+                         <char *>template.out + _batch_offset(&layout, OUT, batch),
+                         template.out_row_stride,
+                         (<char *>template.lse + _batch_offset(&layout, LSE, batch))
+                         if template.lse != NULL else NULL)
+    free(plan.part_out)
+    free(plan.part_lse)
     free(dims)
     if allocation_failed[0]:
         raise MemoryError(f"fastattn: could not allocate {scratch_bytes} bytes of scratch per thread")

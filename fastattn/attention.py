@@ -367,8 +367,8 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
     window_left, window_right = _check_window(window, bool(is_causal))
     query_offset = _query_offset(causal_alignment, n_queries, n_keys)
     softcap = _check_softcap(softcap)
-    if alibi_slopes is not None:
-        alibi_slopes = _check_alibi_slopes(alibi_slopes, batch_shape, q.shape)
+    if alibi_slopes is not None:   # one slope per (batch, head), as (*batch, 1)
+        alibi_slopes = _check_alibi_slopes(alibi_slopes, batch_shape, q.shape)[..., None]
     threads = _thread_count(num_threads)
 
     if out is None:

@@ -11,6 +11,8 @@
 #include <stdint.h>
 
 enum { FA_MASK_NONE = 0, FA_MASK_BOOL = 1, FA_MASK_ADDITIVE = 2 };
+/* how keys and values are stored: in the compute type, or as float16 (float kernels only) */
+enum { FA_STORAGE_NATIVE = 0, FA_STORAGE_F16 = 1 };
 enum { FA_ISA_BASELINE = 0, FA_ISA_AVX2 = 1, FA_ISA_AVX512 = 2, FA_N_ISAS = 3 };
 
 /* A side of the band of keys a query may see that has no bound (window side
@@ -31,13 +33,20 @@ typedef struct {
     const void *mask;   ptrdiff_t mask_row_stride, mask_col_stride;
     int mask_kind;      /* FA_MASK_*; a bool mask is one byte per entry, nonzero = attend */
 
-    /* Where the queries sit among the keys, and which keys each may see: query i is
-     * at key position p = i + query_offset (0: top-left, S - L: bottom-right), and
-     * sees the keys j with p - window_left <= j <= p + window_right (FA_UNBOUNDED:
-     * no bound; causal attention is window_right = 0). */
-    ptrdiff_t query_offset, window_left, window_right;
+    /* Where the queries sit among the keys, and which keys each may see: query row r
+     * is at key position p = query_offset + r / rows_per_position (0: top-left,
+     * S - L: bottom-right; rows_per_position > 1 when the rows are those of several
+     * heads of one GQA group, position-major) and sees the keys j with
+     * p - window_left <= j <= p + window_right (FA_UNBOUNDED: no bound; causal
+     * attention is window_right = 0), j < n_keys. */
+    ptrdiff_t query_offset, rows_per_position, window_left, window_right;
     double softcap;      /* > 0: scaled scores become softcap * tanh(score / softcap) */
-    double alibi_slope;  /* != 0: adds -alibi_slope * |p - j| to the score of key j */
+    const double *alibi_slopes;   /* NULL, or adds -slope * |p - j| to the score of key j,
+                                     row r's slope alibi_slopes[r % rows_per_position] */
+    int kv_storage;      /* FA_STORAGE_*: key and value elements as REAL or float16 */
+    /* split-KV: this job takes chunk split_index of n_splits of its keys (and must
+     * write lse for the merge); 0 of 1 otherwise */
+    ptrdiff_t split_index, n_splits;
 
     ptrdiff_t query_start, n_queries;   /* this tile's rows */
     ptrdiff_t n_keys, head_dim, value_dim;
@@ -58,6 +67,13 @@ typedef struct {
 } fa_linear_job;
 
 typedef void (*fa_attend_fn)(const fa_job *job, void *scratch);
+/* out (n_rows x value_dim, rows out_row_stride apart) and lse (n_rows, may be NULL)
+ * of attention over the union of n_parts disjoint key sets, from each part's
+ * output and lse (parts part_stride elements apart; rows value_dim apart) */
+typedef void (*fa_merge_fn)(ptrdiff_t n_parts, const void *part_out, const void *part_lse,
+                            ptrdiff_t part_out_stride, ptrdiff_t part_lse_stride,
+                            ptrdiff_t n_rows, ptrdiff_t value_dim, void *out,
+                            ptrdiff_t out_row_stride, void *lse);
 typedef void (*fa_linear_fn)(const fa_linear_job *job, ptrdiff_t row_start, ptrdiff_t n_rows,
                              ptrdiff_t col_start, ptrdiff_t n_cols, void *scratch);
 typedef size_t (*fa_linear_scratch_fn)(ptrdiff_t tile_rows, ptrdiff_t panel_cols);
@@ -69,6 +85,7 @@ typedef struct {
     int lanes_f32, lanes_f64;               /* tile_queries must be a multiple of these */
     fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64;
     fa_attend_fn attend_f32, attend_f64;
+    fa_merge_fn merge_f32, merge_f64;
     fa_linear_scratch_fn linear_scratch_bytes_f32, linear_scratch_bytes_f64;
     fa_linear_fn linear_f32, linear_f64;
 } fa_kernel_table;
@@ -83,6 +100,12 @@ int fa_cpu_supports(int isa);
     size_t fa_scratch_bytes_f64_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t); \
     void fa_attend_f32_##suffix(const fa_job *, void *);                              \
     void fa_attend_f64_##suffix(const fa_job *, void *);                              \
+    void fa_merge_f32_##suffix(ptrdiff_t, const void *, const void *, ptrdiff_t,      \
+                               ptrdiff_t, ptrdiff_t, ptrdiff_t, void *, ptrdiff_t,    \
+                               void *);                                               \
+    void fa_merge_f64_##suffix(ptrdiff_t, const void *, const void *, ptrdiff_t,      \
+                               ptrdiff_t, ptrdiff_t, ptrdiff_t, void *, ptrdiff_t,    \
+                               void *);                                               \
     int fa_lanes_f32_##suffix(void);                                                  \
     int fa_lanes_f64_##suffix(void);                                                  \
     size_t fa_linear_scratch_bytes_f32_##suffix(ptrdiff_t, ptrdiff_t);                \

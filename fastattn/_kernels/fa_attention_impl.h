@@ -38,6 +38,9 @@ typedef struct {
     REAL *acc;           /* tile_queries x value_dim (padded to lanes) */
     REAL *packed_value;  /* tile_keys x value_dim (padded to lanes), aligned */
     REAL *row_max, *row_sum, *shift, *rescale;   /* tile_queries each */
+    REAL *column_position, *column_slope;        /* tile_queries each: each query's key
+                                                    position and ALiBi slope */
+    REAL *packed_key;    /* tile_keys x head_dim: a float16 key tile, converted */
 } FN(scratch);
 
 /* One place that decides the scratch layout: used to size it and to carve it up. */
@@ -45,18 +48,21 @@ static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t 
                          ptrdiff_t value_dim, char *base, FN(scratch) *parts)
 {
     const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
-    const ptrdiff_t sizes[8] = {
+    enum { N_PARTS = 11 };
+    const ptrdiff_t sizes[N_PARTS] = {
         head_dim * tile_queries, tile_keys * tile_queries, tile_queries * value_dim_pad,
         tile_keys * value_dim_pad, tile_queries, tile_queries, tile_queries, tile_queries,
+        tile_queries, tile_queries, tile_keys * head_dim,
     };
-    REAL **slots[8] = {
+    REAL **slots[N_PARTS] = {
         &parts->packed_query, &parts->scores, &parts->acc, &parts->packed_value,
         &parts->row_max, &parts->row_sum, &parts->shift, &parts->rescale,
+        &parts->column_position, &parts->column_slope, &parts->packed_key,
     };
     /* malloc aligns to 16 bytes: start at the next cache line, so that no vector
      * load of the scratch splits across two lines */
     size_t offset = base ? (size_t)(-(uintptr_t)base % FA_SCRATCH_ALIGN) : 0;
-    for (int k = 0; k < 8; ++k) {
+    for (int k = 0; k < N_PARTS; ++k) {
         if (base) *slots[k] = (REAL *)(base + offset);
         offset += FA_ROUND_UP(sizes[k] * sizeof(REAL), FA_SCRATCH_ALIGN);
     }
@@ -200,47 +206,54 @@ static void FN(accumulate_values)(const REAL *probs, ptrdiff_t width, ptrdiff_t 
 /* The scores of keys [key_start, key_start + n_keys) for this tile's queries,
  * in place, in the order the conventions fix: softcap (on the scaled score),
  * ALiBi bias, then the masks (the band of keys each query may see, the caller's
- * bool or additive mask). Tiles wholly inside every query's band skip the band
+ * bool or additive mask). `position` and `slope` hold each column's key position
+ * and ALiBi slope. Tiles wholly inside every query's band skip the band
  * arithmetic. */
 static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
-                                 ptrdiff_t width, REAL *scores)
+                                 ptrdiff_t width, const REAL *position, const REAL *slope,
+                                 REAL *scores)
 {
     const ptrdiff_t q0 = job->query_start, nq = job->n_queries;
-    const ptrdiff_t first_position = q0 + job->query_offset;
 
     if (job->softcap > 0) {
         const REAL cap = (REAL)job->softcap, inv_cap = (REAL)(1 / job->softcap);
         for (ptrdiff_t at = 0; at < n_keys * width; at += LANES)
             VSTORE(scores + at, VTANH(VLOAD(scores + at) * inv_cap) * cap);
     }
-    if (job->alibi_slope != 0) {
-        /* score[j][i] -= slope * |first_position + i - (key_start + j)| */
-        const REAL slope = (REAL)job->alibi_slope;
-        VREAL lane_index;
-        for (int t = 0; t < LANES; ++t) ((REAL *)&lane_index)[t] = (REAL)t;
+    if (job->alibi_slopes) {
+        /* score[j][i] -= slope[i] * |position[i] - (key_start + j)| */
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
-            const VREAL start = VSPLAT((REAL)(first_position - key_start - j)) + lane_index;
+            const VREAL k = VSPLAT((REAL)(key_start + j));
             for (ptrdiff_t i = 0; i < width; i += LANES) {
                 REAL *at = scores + j * width + i;
-                VSTORE(at, VLOAD(at) - VABS(start + (REAL)i) * slope);
+                VSTORE(at, VLOAD(at) - VABS(VLOAD(position + i) - k) * VLOAD(slope + i));
             }
         }
     }
 
-    /* key k is seen by the columns i with k - right <= first_position + i <= k + left */
+    /* key k is seen by the columns whose position p has k - right <= p <= k + left;
+     * the positions grow with the column, so the first and last columns decide
+     * whether the whole tile is inside the band (the padding columns past the
+     * tile's queries repeat the last position, and are ignored either way) */
     const ptrdiff_t left = job->window_left, right = job->window_right;
+    const ptrdiff_t first_position = (ptrdiff_t)position[0];
+    const ptrdiff_t last_position = (ptrdiff_t)position[nq - 1];
     const int inside_band = key_start + n_keys - 1 - right <= first_position &&
-                            key_start + left >= first_position + nq - 1;
+                            key_start + left >= last_position;
     if (!inside_band) {
+        const VREAL hidden = VSPLAT(-INFINITY);
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
             REAL *s = scores + j * width;
             const ptrdiff_t k = key_start + j;
-            ptrdiff_t first_seen = k - right - first_position;   /* columns before: hidden */
-            ptrdiff_t last_seen = k + left - first_position;     /* columns after: hidden */
-            if (first_seen > nq) first_seen = nq;
-            if (last_seen < -1) last_seen = -1;
-            for (ptrdiff_t i = 0; i < first_seen; ++i) s[i] = -INFINITY;
-            for (ptrdiff_t i = last_seen + 1; i < nq; ++i) s[i] = -INFINITY;
+            if (k - right <= first_position && k + left >= last_position) continue;
+            /* positions are whole numbers, exact as REAL (below 2^24 for float) */
+            const VREAL lowest = VSPLAT((REAL)(k - right));
+            const VREAL highest = VSPLAT((REAL)(k + left));
+            for (ptrdiff_t i = 0; i < width; i += LANES) {
+                const VREAL p = VLOAD(position + i);
+                const VREAL kept = VWHERE((VINT)(p >= lowest), VLOAD(s + i), hidden);
+                VSTORE(s + i, VWHERE((VINT)(p <= highest), kept, hidden));
+            }
         }
     }
 
@@ -351,22 +364,56 @@ static void FN(normalize_weights)(const fa_job *job, ptrdiff_t key_begin, ptrdif
 
 /* Copy a tile of V into aligned, zero-padded rows of whole vectors: NumPy's
  * buffers are only 16-byte aligned, and a vector load that splits a cache line
- * costs the value product about 5-10%; the copy costs ~1/(2 tile_queries) of it. */
-static void FN(pack_values)(const REAL *value, ptrdiff_t row_stride, ptrdiff_t col_stride,
-                            ptrdiff_t n_keys, ptrdiff_t value_dim, ptrdiff_t value_dim_pad,
-                            REAL *packed)
+ * costs the value product about 5-10%; the copy costs ~1/(2 tile_queries) of it.
+ * A float16 tile is converted on the way. */
+static void FN(pack_values)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                            ptrdiff_t value_dim_pad, REAL *packed)
 {
+    const ptrdiff_t row_stride = job->value_row_stride, col_stride = job->value_col_stride;
+    const ptrdiff_t value_dim = job->value_dim;
     for (ptrdiff_t j = 0; j < n_keys; ++j) {
-        const REAL *src = value + j * row_stride;
         REAL *dst = packed + j * value_dim_pad;
-        if (col_stride == 1) {
-            memcpy(dst, src, (size_t)value_dim * sizeof(REAL));
-        } else {
-            for (ptrdiff_t c = 0; c < value_dim; ++c) dst[c] = src[c * col_stride];
+        const ptrdiff_t at = (key_start + j) * row_stride;
+#if REAL_IS_FLOAT
+        if (job->kv_storage == FA_STORAGE_F16) {
+            const uint16_t *src = (const uint16_t *)job->value + at;
+            if (col_stride == 1) {
+                half_to_float_row(src, dst, value_dim);
+            } else {
+                for (ptrdiff_t c = 0; c < value_dim; ++c) dst[c] = half_to_float(src[c * col_stride]);
+            }
+        } else
+#endif
+        {
+            const REAL *src = (const REAL *)job->value + at;
+            if (col_stride == 1) {
+                memcpy(dst, src, (size_t)value_dim * sizeof(REAL));
+            } else {
+                for (ptrdiff_t c = 0; c < value_dim; ++c) dst[c] = src[c * col_stride];
+            }
         }
         for (ptrdiff_t c = value_dim; c < value_dim_pad; ++c) dst[c] = 0;
     }
 }
+
+#if REAL_IS_FLOAT
+/* A float16 key tile as float rows, head_dim apart, for the score product. */
+static void FN(convert_keys)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                             REAL *packed)
+{
+    const ptrdiff_t row_stride = job->key_row_stride, col_stride = job->key_col_stride;
+    const ptrdiff_t head_dim = job->head_dim;
+    for (ptrdiff_t j = 0; j < n_keys; ++j) {
+        const uint16_t *src = (const uint16_t *)job->key + (key_start + j) * row_stride;
+        REAL *dst = packed + j * head_dim;
+        if (col_stride == 1) {
+            half_to_float_row(src, dst, head_dim);
+        } else {
+            for (ptrdiff_t e = 0; e < head_dim; ++e) dst[e] = half_to_float(src[e * col_stride]);
+        }
+    }
+}
+#endif
 
 void FN(fa_attend)(const fa_job *job, void *scratch_memory)
 {
@@ -393,29 +440,52 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     }
     memset(w.acc, 0, (size_t)(nq * value_dim_pad) * sizeof(REAL));
 
+    /* each column's key position and ALiBi slope (padding columns repeat the last) */
+    const ptrdiff_t per_position = job->rows_per_position;
+    for (ptrdiff_t i = 0; i < width; ++i) {
+        const ptrdiff_t row = q0 + (i < nq ? i : nq - 1);
+        w.column_position[i] = (REAL)(job->query_offset + row / per_position);
+        w.column_slope[i] = job->alibi_slopes ? (REAL)job->alibi_slopes[row % per_position] : 0;
+    }
+
     /* only the keys inside some query's band are visited: O(L * window), not O(L * S) */
-    const ptrdiff_t first_position = q0 + job->query_offset;
+    const ptrdiff_t first_position = job->query_offset + q0 / per_position;
+    const ptrdiff_t last_position = job->query_offset + (q0 + nq - 1) / per_position;
     ptrdiff_t key_begin = first_position - job->window_left;
-    ptrdiff_t key_end = first_position + nq + job->window_right;    /* last position + 1 */
+    ptrdiff_t key_end = last_position + job->window_right + 1;
     if (key_begin < 0) key_begin = 0;
     if (key_end > job->n_keys) key_end = job->n_keys;
     if (key_end < key_begin) key_end = key_begin;
+    if (job->n_splits > 1) {    /* split-KV: this job's share of the band, whole vectors */
+        ptrdiff_t chunk = (key_end - key_begin + job->n_splits - 1) / job->n_splits;
+        chunk = FA_ROUND_UP(chunk, 16);
+        const ptrdiff_t begin = key_begin + job->split_index * chunk;
+        key_begin = begin < key_end ? begin : key_end;
+        key_end = begin + chunk < key_end ? begin + chunk : key_end;
+    }
 
-    const REAL *value = (const REAL *)job->value;
     const REAL *key = (const REAL *)job->key;
+    ptrdiff_t key_row_stride = job->key_row_stride, key_col_stride = job->key_col_stride;
 
     for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
         const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
+        const REAL *key_tile = key + k0 * key_row_stride;
+#if REAL_IS_FLOAT
+        if (job->kv_storage == FA_STORAGE_F16) {
+            FN(convert_keys)(job, k0, nk, w.packed_key);
+            key_tile = w.packed_key;
+            key_row_stride = head_dim;
+            key_col_stride = 1;
+        }
+#endif
         /* S (nk x width) = K_j . Qt */
-        FN(gemm_packed)(key + k0 * job->key_row_stride, job->key_row_stride,
-                        job->key_col_stride, nk, w.packed_query, width, width, head_dim,
-                        w.scores, width, 0);
-        FN(transform_scores)(job, k0, nk, width, w.scores);
+        FN(gemm_packed)(key_tile, key_row_stride, key_col_stride, nk, w.packed_query, width,
+                        width, head_dim, w.scores, width, 0);
+        FN(transform_scores)(job, k0, nk, width, w.column_position, w.column_slope, w.scores);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
         FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
 
-        FN(pack_values)(value + k0 * job->value_row_stride, job->value_row_stride,
-                        job->value_col_stride, nk, value_dim, value_dim_pad, w.packed_value);
+        FN(pack_values)(job, k0, nk, value_dim_pad, w.packed_value);
         FN(accumulate_values)(w.scores, width, nk, nq, w.packed_value, value_dim_pad,
                               value_dim_pad, w.rescale, w.acc);
     }
@@ -436,6 +506,45 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         const REAL *a = w.acc + i * value_dim_pad;
         REAL *o = out + i * job->out_row_stride;
         for (ptrdiff_t c = 0; c < value_dim; ++c) o[c] = a[c] * inv;
+    }
+}
+
+/* Attention over the union of n_parts disjoint key sets from each part's normalised
+ * output and lse: with m the largest lse of a row, part k weighs e^(lse_k - m). A row
+ * that saw no key in any part gets zeros and lse -inf. (The split-KV merge; the same
+ * arithmetic as fastattn.merge_attention.) */
+void FN(fa_merge)(ptrdiff_t n_parts, const void *part_out_memory, const void *part_lse_memory,
+                  ptrdiff_t part_out_stride, ptrdiff_t part_lse_stride, ptrdiff_t n_rows,
+                  ptrdiff_t value_dim, void *out_memory, ptrdiff_t out_row_stride,
+                  void *lse_memory)
+{
+    const REAL *part_out = (const REAL *)part_out_memory;
+    const REAL *part_lse = (const REAL *)part_lse_memory;
+    REAL *out = (REAL *)out_memory, *lse = (REAL *)lse_memory;
+    for (ptrdiff_t r = 0; r < n_rows; ++r) {
+        REAL top = -INFINITY;
+        for (ptrdiff_t k = 0; k < n_parts; ++k) {
+            const REAL x = part_lse[k * part_lse_stride + r];
+            if (x > top) top = x;
+        }
+        REAL *o = out + r * out_row_stride;
+        for (ptrdiff_t c = 0; c < value_dim; ++c) o[c] = 0;
+        if (top == -INFINITY) {
+            if (lse) lse[r] = -INFINITY;
+            continue;
+        }
+        REAL total = 0;
+        for (ptrdiff_t k = 0; k < n_parts; ++k) {
+            const REAL x = part_lse[k * part_lse_stride + r];
+            if (x == -INFINITY) continue;
+            const REAL weight = (REAL)exp((double)(x - top));
+            const REAL *p = part_out + k * part_out_stride + r * value_dim;
+            for (ptrdiff_t c = 0; c < value_dim; ++c) o[c] += weight * p[c];
+            total += weight;
+        }
+        const REAL inv = 1 / total;
+        for (ptrdiff_t c = 0; c < value_dim; ++c) o[c] *= inv;
+        if (lse) lse[r] = (REAL)((double)top + log((double)total));
     }
 }
 

@@ -22,6 +22,7 @@
 #define VEXP exp_nonpositive_f32
 #define VTANH tanh_f32
 #define VABS abs_f32
+#define REAL_IS_FLOAT 1
 #include "fa_attention_impl.h"
 #undef REAL
 #undef VREAL
@@ -36,6 +37,7 @@
 #undef VEXP
 #undef VTANH
 #undef VABS
+#undef REAL_IS_FLOAT
 
 #define REAL double
 #define VREAL vf64
@@ -50,4 +52,5 @@
 #define VEXP exp_nonpositive_f64
 #define VTANH tanh_f64
 #define VABS abs_f64
+#define REAL_IS_FLOAT 0
 #include "fa_attention_impl.h"

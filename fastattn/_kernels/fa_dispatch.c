@@ -8,6 +8,7 @@
 #define FA_TABLE(suffix)                                                           \
     {#suffix, 0, 0, fa_scratch_bytes_f32_##suffix, fa_scratch_bytes_f64_##suffix, \
      fa_attend_f32_##suffix, fa_attend_f64_##suffix,                               \
+     fa_merge_f32_##suffix, fa_merge_f64_##suffix,                                 \
      fa_linear_scratch_bytes_f32_##suffix, fa_linear_scratch_bytes_f64_##suffix,   \
      fa_linear_tile_f32_##suffix, fa_linear_tile_f64_##suffix}
 
@@ -51,11 +52,13 @@ int fa_cpu_supports(int isa)
     /* __builtin_cpu_supports also checks that the OS saves the wide registers */
     __builtin_cpu_init();
     if (isa == FA_ISA_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
     if (isa == FA_ISA_AVX512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
 #endif
     return 0;
 }

@@ -312,4 +312,39 @@ FA_INLINE vf64 tanh_f64(vf64 x) {
     return copysign_f64(r, x);
 }
 
+/* float16 storage (IEEE binary16, as NumPy's float16) -> float, for rows of keys and
+ * values read from a float16 cache: F16C / AVX-512 conversions where the ISA has
+ * them, exact bit arithmetic otherwise (and for row tails). */
+FA_INLINE float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    uint32_t bits;
+    if (exponent == 0x1fu) {                 /* inf, NaN */
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else if (exponent != 0) {              /* normal */
+        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {              /* +-0 */
+        bits = sign;
+    } else {                                 /* subnormal: m * 2^-24, exact in float */
+        float f = (float)mantissa * 5.9604644775390625e-8f;
+        memcpy(&bits, &f, sizeof bits);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+FA_INLINE void half_to_float_row(const uint16_t *src, float *dst, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX512)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+#elif !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+    for (; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+
 #endif /* FA_SIMD_H */
