@@ -206,12 +206,13 @@ static void FN(accumulate_values)(const REAL *probs, ptrdiff_t width, ptrdiff_t 
 /* The scores of keys [key_start, key_start + n_keys) for this tile's queries,
  * in place, in the order the conventions fix: softcap (on the scaled score),
  * ALiBi bias, then the masks (the band of keys each query may see, the caller's
- * bool or additive mask). `position` and `slope` hold each column's key position
- * and ALiBi slope. Tiles wholly inside every query's band skip the band
- * arithmetic. */
+ * bool or additive mask). `position` and `slope` hold each column's key position,
+ * relative to first_position (the first column's: small numbers, exact as REAL
+ * whatever the sequence length), and ALiBi slope. Tiles wholly inside every
+ * query's band skip the band arithmetic. */
 static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
-                                 ptrdiff_t width, const REAL *position, const REAL *slope,
-                                 REAL *scores)
+                                 ptrdiff_t width, ptrdiff_t first_position,
+                                 const REAL *position, const REAL *slope, REAL *scores)
 {
     const ptrdiff_t q0 = job->query_start, nq = job->n_queries;
 
@@ -223,7 +224,7 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
     if (job->alibi_slopes) {
         /* score[j][i] -= slope[i] * |position[i] - (key_start + j)| */
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
-            const VREAL k = VSPLAT((REAL)(key_start + j));
+            const VREAL k = VSPLAT((REAL)(key_start + j - first_position));
             for (ptrdiff_t i = 0; i < width; i += LANES) {
                 REAL *at = scores + j * width + i;
                 VSTORE(at, VLOAD(at) - VABS(VLOAD(position + i) - k) * VLOAD(slope + i));
@@ -236,8 +237,7 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
      * whether the whole tile is inside the band (the padding columns past the
      * tile's queries repeat the last position, and are ignored either way) */
     const ptrdiff_t left = job->window_left, right = job->window_right;
-    const ptrdiff_t first_position = (ptrdiff_t)position[0];
-    const ptrdiff_t last_position = (ptrdiff_t)position[nq - 1];
+    const ptrdiff_t last_position = first_position + (ptrdiff_t)position[nq - 1];
     const int inside_band = key_start + n_keys - 1 - right <= first_position &&
                             key_start + left >= last_position;
     if (!inside_band) {
@@ -246,9 +246,9 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
             REAL *s = scores + j * width;
             const ptrdiff_t k = key_start + j;
             if (k - right <= first_position && k + left >= last_position) continue;
-            /* positions are whole numbers, exact as REAL (below 2^24 for float) */
-            const VREAL lowest = VSPLAT((REAL)(k - right));
-            const VREAL highest = VSPLAT((REAL)(k + left));
+            /* relative positions: whole numbers, exact as REAL near the band's edges */
+            const VREAL lowest = VSPLAT((REAL)(k - right - first_position));
+            const VREAL highest = VSPLAT((REAL)(k + left - first_position));
             for (ptrdiff_t i = 0; i < width; i += LANES) {
                 const VREAL p = VLOAD(position + i);
                 const VREAL kept = VWHERE((VINT)(p >= lowest), VLOAD(s + i), hidden);
@@ -440,16 +440,17 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     }
     memset(w.acc, 0, (size_t)(nq * value_dim_pad) * sizeof(REAL));
 
-    /* each column's key position and ALiBi slope (padding columns repeat the last) */
+    /* each column's key position, relative to the first column's, and ALiBi slope
+     * (padding columns repeat the last) */
     const ptrdiff_t per_position = job->rows_per_position;
+    const ptrdiff_t first_position = job->query_offset + q0 / per_position;
     for (ptrdiff_t i = 0; i < width; ++i) {
         const ptrdiff_t row = q0 + (i < nq ? i : nq - 1);
-        w.column_position[i] = (REAL)(job->query_offset + row / per_position);
+        w.column_position[i] = (REAL)(job->query_offset + row / per_position - first_position);
         w.column_slope[i] = job->alibi_slopes ? (REAL)job->alibi_slopes[row % per_position] : 0;
     }
 
     /* only the keys inside some query's band are visited: O(L * window), not O(L * S) */
-    const ptrdiff_t first_position = job->query_offset + q0 / per_position;
     const ptrdiff_t last_position = job->query_offset + (q0 + nq - 1) / per_position;
     ptrdiff_t key_begin = first_position - job->window_left;
     ptrdiff_t key_end = last_position + job->window_right + 1;
@@ -481,7 +482,8 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         /* S (nk x width) = K_j . Qt */
         FN(gemm_packed)(key_tile, key_row_stride, key_col_stride, nk, w.packed_query, width,
                         width, head_dim, w.scores, width, 0);
-        FN(transform_scores)(job, k0, nk, width, w.column_position, w.column_slope, w.scores);
+        FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
+                             w.column_slope, w.scores);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
         FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
 
