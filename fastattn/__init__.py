@@ -21,6 +21,7 @@ from fastattn.attention import (
     scaled_dot_product_attention_with_weights,
 )
 from fastattn._config import show_config
+from fastattn.kvcache import attention_with_kvcache
 from fastattn.mha import MultiHeadAttention, multi_head_attention
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_with_weights",
     "merge_attention",
+    "attention_with_kvcache",
     "show_config",
     "MultiHeadAttention",
     "multi_head_attention",

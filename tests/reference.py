@@ -37,12 +37,13 @@ def reference_attention_with_weights(query, key, value, attn_mask=None, is_causa
 
 def reference_attention_full(query, key, value, attn_mask=None, is_causal=False, scale=None,
                              enable_gqa=False, window=None, causal_alignment="top_left",
-                             softcap=None, alibi_slopes=None):
+                             softcap=None, alibi_slopes=None, query_position=None):
     """(output, weights, lse) with FlashAttention's variants, the plain way: the
     full score matrix. Query i sits at key position p = i (top-left) or
     i + S - L (bottom-right); it sees key j when j <= p (causal) and
     p - left <= j <= p + right (window, None or -1 unbounded); scores are
-    c * tanh(s / c) (softcap), then - slope * |p - j| (ALiBi), then the mask."""
+    c * tanh(s / c) (softcap), then - slope * |p - j| (ALiBi), then the mask.
+    ``query_position`` overrides the position of query 0 (a KV cache's length)."""
     q = np.asarray(query, dtype=np.float64)
     k = np.asarray(key, dtype=np.float64)
     v = np.asarray(value, dtype=np.float64)
@@ -57,6 +58,8 @@ def reference_attention_full(query, key, value, attn_mask=None, is_causal=False,
     if softcap is not None:
         scores = softcap * np.tanh(scores / softcap)
     offset = 0 if causal_alignment == "top_left" else n_keys - n_queries
+    if query_position is not None:
+        offset = query_position
     position = np.arange(n_queries)[:, None] + offset       # (L, 1)
     key_index = np.arange(n_keys)[None, :]                   # (1, S)
     if alibi_slopes is not None:
