@@ -1,0 +1,241 @@
+"""attention_with_kvcache against plain attention over the filled part of the cache
+(the float64 reference), and its in-place append."""
+import numpy as np
+import pytest
+
+from fastattn import attention_with_kvcache, kvcache
+from tests.reference import reference_attention_full
+
+# (Hq, Hkv): grouped-query, multi-query, multi-head
+HEADS = [(8, 2), (4, 1), (3, 3)]
+
+
+def make_cache(rng, batch, kv_heads, max_len, head_dim, value_dim, dtype):
+    key_cache = rng.standard_normal((batch, kv_heads, max_len, head_dim)).astype(dtype)
+    value_cache = rng.standard_normal((batch, kv_heads, max_len, value_dim)).astype(dtype)
+    return key_cache, value_cache
+
+
+def expected(q, key_cache, value_cache, lengths, new_k=None, new_v=None, is_causal=True,
+             window=None, softcap=None, alibi_slopes=None, scale=None):
+    """Per batch row: the cache's filled part (plus the new keys), bottom-right
+    aligned at the cache length, in float64 on the (float16-rounded) inputs."""
+    outs, lses = [], []
+    n_new = q.shape[2]
+    for b, length in enumerate(lengths):
+        k = key_cache[b, :, :length].astype(np.float64)
+        v = value_cache[b, :, :length].astype(np.float64)
+        if new_k is not None:
+            k = np.concatenate([k, new_k[b].astype(key_cache.dtype).astype(np.float64)], axis=1)
+            v = np.concatenate([v, new_v[b].astype(value_cache.dtype).astype(np.float64)], axis=1)
+        slopes = None
+        if alibi_slopes is not None:
+            slopes = np.broadcast_to(alibi_slopes, (len(lengths), q.shape[1]))[b]
+        out, _, lse = reference_attention_full(
+            q[b].astype(np.float64), k, v, is_causal=is_causal, enable_gqa=True,
+            window=window, softcap=softcap, alibi_slopes=slopes, scale=scale,
+            query_position=int(length))
+        assert out.shape[-2] == n_new
+        outs.append(out)
+        lses.append(lse)
+    return np.stack(outs), np.stack(lses)
+
+
+def check(q, key_cache, value_cache, lengths, new_k=None, new_v=None, num_threads=None,
+          **variants):
+    before = (key_cache.copy(), value_cache.copy())
+    exp_out, exp_lse = expected(q, key_cache, value_cache, lengths, new_k, new_v, **variants)
+    out, lse = attention_with_kvcache(q, key_cache, value_cache, lengths, new_k, new_v,
+                                      return_lse=True, num_threads=num_threads, **variants)
+    assert out.dtype == lse.dtype == q.dtype
+    assert out.shape == q.shape[:3] + (value_cache.shape[3],)
+    if key_cache.dtype == np.float16 or q.dtype == np.float16:
+        # float16 storage, float32 accumulation: relative to the largest |v|
+        atol = 1e-3 * np.abs(value_cache).max()
+        np.testing.assert_allclose(out, exp_out, rtol=0, atol=atol)
+        finite = np.isfinite(exp_lse)
+        np.testing.assert_allclose(lse[finite], exp_lse[finite], rtol=2e-3, atol=2e-3)
+    else:
+        tol = 1e-5 if q.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out, exp_out, rtol=tol, atol=tol)
+        finite = np.isfinite(exp_lse)
+        np.testing.assert_allclose(lse[finite], exp_lse[finite], rtol=tol, atol=tol)
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(exp_lse))
+    # the cache: the new keys written at the right place, everything else untouched
+    for b, length in enumerate(lengths):
+        after_k, after_v = key_cache[b].copy(), value_cache[b].copy()
+        if new_k is not None:
+            n = new_k.shape[2]
+            np.testing.assert_array_equal(after_k[:, length:length + n],
+                                          new_k[b].astype(key_cache.dtype))
+            np.testing.assert_array_equal(after_v[:, length:length + n],
+                                          new_v[b].astype(value_cache.dtype))
+            after_k[:, length:length + n] = before[0][b][:, length:length + n]
+            after_v[:, length:length + n] = before[1][b][:, length:length + n]
+        np.testing.assert_array_equal(after_k, before[0][b])
+        np.testing.assert_array_equal(after_v, before[1][b])
+    return out
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("with_new", [False, True])
+@pytest.mark.parametrize("n_new", [1, 3, 16, 100])
+@pytest.mark.parametrize("heads", HEADS, ids=str)
+def test_against_attention_over_the_cache(simd, rng, heads, n_new, with_new, cache_dtype):
+    n_query_heads, n_kv_heads = heads
+    batch, max_len = 3, 160
+    key_cache, value_cache = make_cache(rng, batch, n_kv_heads, max_len, 16, 12, cache_dtype)
+    # ragged, including an empty cache and a full one (S_max - Lq with new keys)
+    lengths = np.array([0, 37, max_len - n_new if with_new else max_len])
+    q = rng.standard_normal((batch, n_query_heads, n_new, 16)).astype(np.float32)
+    new_k = new_v = None
+    if with_new:
+        new_k = rng.standard_normal((batch, n_kv_heads, n_new, 16)).astype(np.float32)
+        new_v = rng.standard_normal((batch, n_kv_heads, n_new, 12)).astype(np.float32)
+    check(q, key_cache, value_cache, lengths, new_k, new_v)
+
+
+VARIANTS = {
+    "not_causal": dict(is_causal=False),
+    "window": dict(window=(20, 0)),
+    "window_both_sides": dict(is_causal=False, window=(5, 3)),
+    "softcap": dict(softcap=2.0),
+    "alibi": dict(alibi_slopes=2.0 ** -np.arange(1, 9)),
+    "everything": dict(window=(30, 0), softcap=5.0, alibi_slopes=np.linspace(0.01, 0.5, 8),
+                       scale=0.3),
+}
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variants(rng, variant, cache_dtype):
+    query_dtype = np.float64 if cache_dtype == np.float64 else np.float32
+    key_cache, value_cache = make_cache(rng, 2, 2, 120, 16, 16, cache_dtype)
+    q = rng.standard_normal((2, 8, 4, 16)).astype(query_dtype)
+    new_k = rng.standard_normal((2, 2, 4, 16))
+    new_v = rng.standard_normal((2, 2, 4, 16))
+    check(q, key_cache, value_cache, np.array([50, 100]), new_k, new_v, **VARIANTS[variant])
+    check(q, key_cache, value_cache, np.array([3, 116]), **VARIANTS[variant])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+def test_split_kv_gives_the_same_result(rng, monkeypatch, cache_dtype, threads):
+    """One (batch, kv head) job and long keys: split into chunks and merged."""
+    key_cache, value_cache = make_cache(rng, 1, 1, 3000, 32, 32, cache_dtype)
+    q = rng.standard_normal((1, 4, 1, 32)).astype(np.float32)
+    unsplit = attention_with_kvcache(q, key_cache, value_cache, 2900, num_threads=1)
+    monkeypatch.setattr(kvcache, "_MIN_SPLIT_KEYS", 64)
+    for variants in [{}, dict(window=(700, 0)), dict(alibi_slopes=[0.01, 0.02, 0.03, 0.04])]:
+        out = check(q, key_cache, value_cache, [2900], num_threads=threads, **variants)
+        if not variants:
+            np.testing.assert_allclose(out, unsplit, rtol=1e-5, atol=1e-6)
+    # a split whose chunks are empty (a narrow window) and an empty cache
+    check(q, key_cache, value_cache, [2900], window=(3, 0), num_threads=threads)
+    check(q, key_cache, value_cache, [0], num_threads=threads)
+
+
+def test_float16_query_gives_float16_output(rng):
+    key_cache, value_cache = make_cache(rng, 2, 2, 64, 8, 8, np.float16)
+    q = rng.standard_normal((2, 4, 2, 8)).astype(np.float16)
+    out = check(q, key_cache, value_cache, np.array([10, 30]))
+    assert out.dtype == np.float16
+
+
+def test_cache_seqlens_as_int_and_never_updated(rng):
+    key_cache, value_cache = make_cache(rng, 2, 1, 32, 8, 8, np.float32)
+    q = rng.standard_normal((2, 2, 1, 8)).astype(np.float32)
+    lengths = np.array([5, 5])
+    new = rng.standard_normal((2, 1, 1, 8)).astype(np.float32)
+    out = attention_with_kvcache(q, key_cache, value_cache, 5, new, new)
+    np.testing.assert_array_equal(
+        attention_with_kvcache(q, key_cache, value_cache, lengths + 1), out)
+    np.testing.assert_array_equal(lengths, [5, 5])
+
+
+def test_greedy_decode_loop_matches_full_attention(rng):
+    """The README's loop: prefill, then one token at a time, equals causal attention
+    over the whole sequence."""
+    batch, heads, kv_heads, dim, steps = 1, 4, 2, 16, 12
+    keys = rng.standard_normal((batch, kv_heads, steps, dim)).astype(np.float32)
+    values = rng.standard_normal((batch, kv_heads, steps, dim)).astype(np.float32)
+    queries = rng.standard_normal((batch, heads, steps, dim)).astype(np.float32)
+    key_cache = np.zeros((batch, kv_heads, 64, dim), dtype=np.float32)
+    value_cache = np.zeros_like(key_cache)
+    length = 0
+    outputs = []
+    for t in range(steps):
+        outputs.append(attention_with_kvcache(queries[:, :, t:t + 1], key_cache, value_cache,
+                                              length, keys[:, :, t:t + 1],
+                                              values[:, :, t:t + 1]))
+        length += 1
+    from fastattn import scaled_dot_product_attention
+    full = scaled_dot_product_attention(queries, keys, values, is_causal=True, enable_gqa=True)
+    np.testing.assert_allclose(np.concatenate(outputs, axis=2), full, rtol=1e-5, atol=1e-6)
+
+
+def test_overflow_raises_and_writes_nothing(rng):
+    key_cache, value_cache = make_cache(rng, 2, 1, 20, 8, 8, np.float32)
+    before = key_cache.tobytes(), value_cache.tobytes()
+    q = rng.standard_normal((2, 1, 4, 8)).astype(np.float32)
+    new = rng.standard_normal((2, 1, 4, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"appending 4 keys at cache_seqlens \[3, 17\] would "
+                                         r"pass the cache length S_max = 20; nothing was written"):
+        attention_with_kvcache(q, key_cache, value_cache, np.array([3, 17]), new, new)
+    assert (key_cache.tobytes(), value_cache.tobytes()) == before
+
+
+def test_read_only_cache_is_refused(rng):
+    key_cache, value_cache = make_cache(rng, 1, 1, 20, 8, 8, np.float32)
+    key_cache.setflags(write=False)
+    q = rng.standard_normal((1, 1, 1, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="key_cache is read-only"):
+        attention_with_kvcache(q, key_cache, value_cache, 3, q[:, :1], q[:, :1])
+    attention_with_kvcache(q, key_cache, value_cache, 3)     # reading it is fine
+
+
+Q = np.zeros((2, 4, 1, 8), dtype=np.float32)
+KC = np.zeros((2, 2, 16, 8), dtype=np.float32)
+
+
+@pytest.mark.parametrize("args,kwargs,error,match", [
+    ((Q.astype(np.int32), KC, KC, 3), {}, TypeError, r"query must be a float16, float32 or float64"),
+    ((Q[0], KC, KC, 3), {}, ValueError, r"query must have shape \(B, Hq, Lq, D\), got shape \(4, 1, 8\)"),
+    ((Q, KC.tolist(), KC, 3), {}, TypeError, r"key_cache must be a NumPy array"),
+    ((Q, KC, KC.astype(np.float16), 3), {}, TypeError, r"same dtype, got float32 and float16"),
+    ((Q, KC.astype(np.float64), KC.astype(np.float64), 3), {}, TypeError, r"float64 query needs a float64 cache"),
+    ((Q, KC[..., :4], KC, 3), {}, ValueError, r"key_cache \(2, 2, 16, 4\) and value_cache"),
+    ((Q, np.zeros((2, 2, 16, 16), np.float32)[..., ::2], KC, 3), {}, ValueError,
+     r"key_cache must have a contiguous last dimension, got strides \(2048, 1024, 64, 8\)"),
+    ((Q[:, :3], KC, KC, 3), {}, ValueError, r"query heads \(3\) must be a multiple of the cache's heads \(2\)"),
+    ((Q, KC, KC, [1, 2, 3]), {}, ValueError, r"cache_seqlens must be an int or have shape \(B,\) = \(2,\)"),
+    ((Q, KC, KC, -1), {}, ValueError, r"cache_seqlens must be >= 0"),
+    ((Q, KC, KC, 17), {}, ValueError, r"cache_seqlens \[17, 17\] pass the cache length S_max = 16"),
+    ((Q, KC, KC, 1.5), {}, TypeError, r"cache_seqlens must be an int or a \(B,\) integer array"),
+    ((Q, KC, KC, True), {}, TypeError, r"cache_seqlens must be an int"),
+    ((Q, KC, KC, 3, KC[:, :, :1]), {}, ValueError, r"key and value must be given together"),
+    ((Q, KC, KC, 3, KC[:, :, :2], KC[:, :, :2]), {}, ValueError,
+     r"key must have shape \(B, Hkv, Lq, D\) = \(2, 2, 1, 8\), got \(2, 2, 2, 8\)"),
+    ((Q, KC, KC, 3), dict(alibi_slopes=np.ones(2)), ValueError, r"alibi_slopes must have shape \(Hq,\) = \(4,\)"),
+    ((Q, KC, KC, 3), dict(window=(-3, 0)), ValueError, r"window left side must be >= 0"),
+    ((Q, KC, KC, 3), dict(softcap=0.0), ValueError, r"softcap must be a finite number > 0"),
+])
+def test_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        attention_with_kvcache(*args, **kwargs)
+
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+
+
+@pytest.mark.parametrize("heads", HEADS, ids=str)
+def test_against_torch(rng, heads):
+    n_query_heads, n_kv_heads = heads
+    key_cache, value_cache = make_cache(rng, 1, n_kv_heads, 300, 32, 32, np.float32)
+    q = rng.standard_normal((1, n_query_heads, 1, 32)).astype(np.float32)
+    out = attention_with_kvcache(q, key_cache, value_cache, 257)
+    with torch.no_grad():
+        theirs = torch.nn.functional.scaled_dot_product_attention(
+            torch.from_numpy(q), torch.from_numpy(key_cache[:, :, :257].copy()),
+            torch.from_numpy(value_cache[:, :, :257].copy()), enable_gqa=True).numpy()
+    np.testing.assert_allclose(out, theirs, rtol=1e-5, atol=1e-5)
