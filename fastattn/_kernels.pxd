@@ -73,6 +73,7 @@ cdef extern from "fa_attention.h" nogil:
 
     const fa_kernel_table *fa_kernel_table_for(int isa)
     int fa_cpu_supports(int isa)
+    void *fa_thread_scratch(size_t bytes)
 
 cdef extern from "fa_openmp.h" nogil:
     int fa_openmp_enabled()

@@ -12,7 +12,7 @@ from libc.stdlib cimport free, malloc
 
 from fastattn._kernels cimport (
     FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_STORAGE_F16, FA_STORAGE_NATIVE,
-    FA_UNBOUNDED, fa_attend_fn, fa_cpu_supports, fa_merge_fn,
+    FA_UNBOUNDED, fa_attend_fn, fa_cpu_supports, fa_merge_fn, fa_thread_scratch,
     fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
     fa_openmp_enabled, fa_openmp_max_threads,
 )
@@ -370,7 +370,7 @@ def attend(Problem problem):
     cdef int allocation_failed[1]
     allocation_failed[0] = 0
     with nogil, parallel(num_threads=n_threads):
-        scratch = malloc(scratch_bytes)
+        scratch = fa_thread_scratch(scratch_bytes)      # kept by the thread between calls
         head_weights = malloc(head_weights_bytes) if head_weights_bytes else NULL
         if scratch == NULL or (head_weights_bytes and head_weights == NULL):
             allocation_failed[0] = 1
@@ -378,7 +378,6 @@ def attend(Problem problem):
         for job_index in prange(n_jobs, schedule="dynamic"):
             if not allocation_failed[0]:
                 _run_job(&template, &plan, attend_fn, job_index, &layout, scratch, head_weights)
-        free(scratch)
         free(head_weights)
     # end of the nogil parallel block
     if n_splits > 1 and not allocation_failed[0]:

@@ -94,6 +94,9 @@ typedef struct {
 const fa_kernel_table *fa_kernel_table_for(int isa);
 /* 1 when this CPU (and OS) can run the kernels built for `isa`. */
 int fa_cpu_supports(int isa);
+/* This thread's scratch buffer of at least `bytes`, kept between calls (NULL when
+ * out of memory); never freed by the caller. */
+void *fa_thread_scratch(size_t bytes);
 
 #define FA_DECLARE_ISA(suffix)                                                        \
     size_t fa_scratch_bytes_f32_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t); \

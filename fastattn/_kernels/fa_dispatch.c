@@ -2,6 +2,7 @@
  * Compiled for baseline x86-64 like the rest of the extension: only the objects
  * named in fa_attention_isa.c carry AVX2 / AVX-512 code. */
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "fa_attention.h"
 
@@ -61,4 +62,28 @@ int fa_cpu_supports(int isa)
                __builtin_cpu_supports("f16c");
 #endif
     return 0;
+}
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#  define FA_THREAD_LOCAL __declspec(thread)
+#else
+#  define FA_THREAD_LOCAL _Thread_local
+#endif
+
+/* Each thread keeps its scratch buffer between calls: a buffer of a few hundred
+ * KiB is mmap'ed and unmapped by malloc on every call otherwise, and its pages
+ * faulted in again, which costs a decoding step (microseconds) more than its
+ * attention. The buffer only grows (to the largest tile size a thread has run),
+ * and stays O(tile) per thread. */
+static FA_THREAD_LOCAL void *thread_scratch = NULL;
+static FA_THREAD_LOCAL size_t thread_scratch_bytes = 0;
+
+void *fa_thread_scratch(size_t bytes)
+{
+    if (bytes > thread_scratch_bytes) {
+        free(thread_scratch);
+        thread_scratch = malloc(bytes);
+        thread_scratch_bytes = thread_scratch ? bytes : 0;
+    }
+    return thread_scratch;
 }
