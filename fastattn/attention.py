@@ -38,10 +38,14 @@ def tile_sizes(queries=None, keys=None):
         _tiles.update(previous)
 
 
-def _float_array(x, name):
+HALF = np.dtype(np.float16)
+
+
+def _float_array(x, name, allow_half=False):
     array = np.asarray(x)
-    if array.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {array.dtype}")
+    if array.dtype not in FLOAT_DTYPES and not (allow_half and array.dtype == HALF):
+        kinds = "float16, float32 or float64" if allow_half else "float32 or float64"
+        raise TypeError(f"{name} must be a {kinds} array, got dtype {array.dtype}")
     if not array.flags.aligned:
         array = array.copy()
     return array
@@ -190,8 +194,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
     query : array (..., L, E)
     key : array (..., S, E)
     value : array (..., S, Ev)
-        float32 or float64, all three the same dtype. The leading dimensions
-        broadcast against each other (NumPy rules).
+        float32 or float64, all three the same dtype; or float16 key and value
+        (read as float16 by the kernel, computed in float32, never copied) with
+        a float16 or float32 query. The output has the query's dtype. The
+        leading dimensions broadcast against each other (NumPy rules).
     attn_mask : array, optional
         Broadcastable to (..., L, S). Boolean: True means the query may attend
         to the key. Float: added to the scaled scores (-inf hides a key).
@@ -314,12 +320,22 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
     straight into its (N, L, E) buffer); it is trusted. With ``average_heads``,
     the weights returned are their mean over dim -3 (heads), computed tile by tile
     without storing each head's."""
-    q = _float_array(query, "query")
-    k = _float_array(key, "key")
-    v = _float_array(value, "value")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"query, key and value must have the same dtype, got "
-                        f"{q.dtype}, {k.dtype} and {v.dtype}")
+    q = _float_array(query, "query", allow_half=True)
+    k = _float_array(key, "key", allow_half=True)
+    v = _float_array(value, "value", allow_half=True)
+    # float16 is storage: keys and values are read as float16 by the kernel and
+    # computed in float32; a float16 query is converted (it is the size of the output)
+    # and the output returned in the query's dtype
+    if k.dtype != v.dtype or (np.float64 in (q.dtype, k.dtype) and q.dtype != k.dtype):
+        raise TypeError(f"query, key and value must have the same dtype (or float16 key and "
+                        f"value with a float16/float32 query), got {q.dtype}, {k.dtype} and "
+                        f"{v.dtype}")
+    result_dtype = q.dtype
+    if q.dtype == HALF:
+        q = q.astype(np.float32)
+        if out is not None:
+            raise TypeError("out= needs a float32 or float64 query")
+
     for name, array, dims in (("query", q, "(..., L, E)"), ("key", k, "(..., S, E)"),
                               ("value", v, "(..., S, Ev)")):
         if array.ndim < 2:
@@ -394,6 +410,9 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         scale=float(scale), query_offset=query_offset, window_left=window_left,
         window_right=window_right, softcap=softcap, alibi_slopes=alibi_slopes,
         tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa, num_threads=threads))
+    if result_dtype != q.dtype:
+        out, weights, lse = (None if a is None else a.astype(result_dtype)
+                             for a in (out, weights, lse))
     return out, weights, lse
 
 

@@ -17,7 +17,8 @@ def test_fitted_slope_of_a_quadratic():
 
 def test_bench_command_runs(tmp_path):
     args = ["--lengths", "128", "256", "--head-dims", "16", "--heads", "2", "--repeats", "1",
-            "--memory-length", "1024", "--no-mha", "--no-blog"]
+            "--memory-length", "1024", "--no-mha", "--no-blog",
+            "--window-lengths", "256", "512", "--window-mask-max-length", "256"]
     try:
         import matplotlib  # noqa: F401
         args += ["--plot", str(tmp_path / "bench.png")]
@@ -27,3 +28,4 @@ def test_bench_command_runs(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "fastattn ms" in result.stdout and "peak memory beyond inputs" in result.stdout
+    assert "sliding window" in result.stdout and "torch mask ms" in result.stdout
