@@ -40,7 +40,10 @@ typedef struct {
     REAL *row_max, *row_sum, *shift, *rescale;   /* tile_queries each */
     REAL *column_position, *column_slope;        /* tile_queries each: each query's key
                                                     position and ALiBi slope */
-    REAL *packed_key;    /* tile_keys x head_dim: a float16 key tile, converted */
+    REAL *packed_key;    /* tile_keys x head_dim_pad: a key tile converted from float16,
+                            or padded for the decoding path */
+    REAL *query_rows;    /* FA_DECODE_MAX_ROWS x head_dim_pad: scale * Q, row-major,
+                            for the decoding path */
 } FN(scratch);
 
 /* One place that decides the scratch layout: used to size it and to carve it up. */
@@ -48,16 +51,17 @@ static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t 
                          ptrdiff_t value_dim, char *base, FN(scratch) *parts)
 {
     const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
-    enum { N_PARTS = 11 };
+    const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
+    enum { N_PARTS = 12 };
     const ptrdiff_t sizes[N_PARTS] = {
         head_dim * tile_queries, tile_keys * tile_queries, tile_queries * value_dim_pad,
         tile_keys * value_dim_pad, tile_queries, tile_queries, tile_queries, tile_queries,
-        tile_queries, tile_queries, tile_keys * head_dim,
+        tile_queries, tile_queries, tile_keys * head_dim_pad, FA_DECODE_MAX_ROWS * head_dim_pad,
     };
     REAL **slots[N_PARTS] = {
         &parts->packed_query, &parts->scores, &parts->acc, &parts->packed_value,
         &parts->row_max, &parts->row_sum, &parts->shift, &parts->rescale,
-        &parts->column_position, &parts->column_slope, &parts->packed_key,
+        &parts->column_position, &parts->column_slope, &parts->packed_key, &parts->query_rows,
     };
     /* malloc aligns to 16 bytes: start at the next cache line, so that no vector
      * load of the scratch splits across two lines */
@@ -173,6 +177,65 @@ static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptr
     }
 }
 
+/* The decoding path's scores: columns 0 .. rows-1 of S (n_keys x width) =
+ * K . (scale Q)^T as dot products along the head dim. Each key row is loaded once
+ * (head_dim_pad / LANES vectors) and multiplied with every query row, two keys at a
+ * time for independent chains; a one-vector outer-product tile would instead spend
+ * a broadcast and an FMA per key element on mostly padding. Rows of `key` and
+ * `query` are padded with zeros to head_dim_pad. */
+FA_INLINE void FN(dot_scores)(const int rows, const REAL *query, ptrdiff_t head_dim_pad,
+                              const REAL *key, ptrdiff_t key_row, ptrdiff_t n_keys,
+                              REAL *scores, ptrdiff_t width)
+{
+    ptrdiff_t j = 0;
+    for (; j + 2 <= n_keys; j += 2) {
+        VREAL a0[FA_DECODE_MAX_ROWS], a1[FA_DECODE_MAX_ROWS];
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r) a0[r] = a1[r] = VSPLAT(0);
+        const REAL *k0 = key + j * key_row, *k1 = k0 + key_row;
+        for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+            const VREAL x0 = VLOAD(k0 + c), x1 = VLOAD(k1 + c);
+#pragma GCC unroll 8
+            for (int r = 0; r < rows; ++r) {
+                const VREAL q = VLOAD(query + r * head_dim_pad + c);
+                a0[r] += x0 * q;
+                a1[r] += x1 * q;
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r) {
+            scores[j * width + r] = VHSUM(a0[r]);
+            scores[(j + 1) * width + r] = VHSUM(a1[r]);
+        }
+    }
+    for (; j < n_keys; ++j) {
+        VREAL a0[FA_DECODE_MAX_ROWS];
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r) a0[r] = VSPLAT(0);
+        for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+            const VREAL x0 = VLOAD(key + j * key_row + c);
+#pragma GCC unroll 8
+            for (int r = 0; r < rows; ++r) a0[r] += x0 * VLOAD(query + r * head_dim_pad + c);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r) scores[j * width + r] = VHSUM(a0[r]);
+    }
+}
+
+static void FN(dot_scores_rows)(ptrdiff_t rows, const REAL *query, ptrdiff_t head_dim_pad,
+                                const REAL *key, ptrdiff_t key_row, ptrdiff_t n_keys,
+                                REAL *scores, ptrdiff_t width)
+{
+    switch (rows) {
+#define FA_DOT_ROWS(n) case n: FN(dot_scores)(n, query, head_dim_pad, key, key_row, n_keys, \
+                                               scores, width); break;
+    FA_DOT_ROWS(1) FA_DOT_ROWS(2) FA_DOT_ROWS(3) FA_DOT_ROWS(4)
+    FA_DOT_ROWS(5) FA_DOT_ROWS(6) FA_DOT_ROWS(7) FA_DOT_ROWS(8)
+#undef FA_DOT_ROWS
+    default: break;
+    }
+}
+
 /* acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
  * The keys are walked in chunks of FA_VALUE_CHUNK so that the panel of V a
  * register block streams through (chunk x block width) stays in L1. */
@@ -195,10 +258,17 @@ static void FN(accumulate_values)(const REAL *probs, ptrdiff_t width, ptrdiff_t 
                 FA_DISPATCH_VECS(FN(value_block), vecs, FA_VALUE_ROWS, p + i, width, nk, v,
                                  value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad,
                                  value_dim_pad)
-            for (; i < n_queries; ++i)
-                FA_DISPATCH_VECS(FN(value_block), vecs, 1, p + i, width, nk, v,
-                                 value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad,
-                                 value_dim_pad)
+            /* the rows left (a few queries: decoding) as one block, each V row
+             * loaded once for all of them */
+            switch (n_queries - i) {
+#define FA_VALUE_REST(n) case n: FA_DISPATCH_VECS(FN(value_block), vecs, n, p + i, width, nk, v, \
+                                 value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad, \
+                                 value_dim_pad) break;
+            FA_VALUE_REST(1) FA_VALUE_REST(2) FA_VALUE_REST(3) FA_VALUE_REST(4)
+            FA_VALUE_REST(5) FA_VALUE_REST(6) FA_VALUE_REST(7)
+#undef FA_VALUE_REST
+            default: break;
+            }
         }
     }
 }
@@ -396,24 +466,37 @@ static void FN(pack_values)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_
     }
 }
 
-#if REAL_IS_FLOAT
-/* A float16 key tile as float rows, head_dim apart, for the score product. */
-static void FN(convert_keys)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
-                             REAL *packed)
+/* A key tile as rows head_dim_pad apart, zero-padded: converted from float16, or
+ * copied (the decoding path reads whole vectors). */
+static void FN(pack_keys)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                          ptrdiff_t head_dim_pad, REAL *packed)
 {
     const ptrdiff_t row_stride = job->key_row_stride, col_stride = job->key_col_stride;
     const ptrdiff_t head_dim = job->head_dim;
     for (ptrdiff_t j = 0; j < n_keys; ++j) {
-        const uint16_t *src = (const uint16_t *)job->key + (key_start + j) * row_stride;
-        REAL *dst = packed + j * head_dim;
-        if (col_stride == 1) {
-            half_to_float_row(src, dst, head_dim);
-        } else {
-            for (ptrdiff_t e = 0; e < head_dim; ++e) dst[e] = half_to_float(src[e * col_stride]);
+        REAL *dst = packed + j * head_dim_pad;
+        const ptrdiff_t at = (key_start + j) * row_stride;
+#if REAL_IS_FLOAT
+        if (job->kv_storage == FA_STORAGE_F16) {
+            const uint16_t *src = (const uint16_t *)job->key + at;
+            if (col_stride == 1) {
+                half_to_float_row(src, dst, head_dim);
+            } else {
+                for (ptrdiff_t e = 0; e < head_dim; ++e) dst[e] = half_to_float(src[e * col_stride]);
+            }
+        } else
+#endif
+        {
+            const REAL *src = (const REAL *)job->key + at;
+            if (col_stride == 1) {
+                memcpy(dst, src, (size_t)head_dim * sizeof(REAL));
+            } else {
+                for (ptrdiff_t e = 0; e < head_dim; ++e) dst[e] = src[e * col_stride];
+            }
         }
+        for (ptrdiff_t e = head_dim; e < head_dim_pad; ++e) dst[e] = 0;
     }
 }
-#endif
 
 void FN(fa_attend)(const fa_job *job, void *scratch_memory)
 {
@@ -425,14 +508,30 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     FN(layout)(job->tile_queries, job->tile_keys, head_dim, value_dim,
                (char *)scratch_memory, &w);
 
-    /* Qt = scale * Q^T, zero-padded to whole vectors */
     const REAL *query = (const REAL *)job->query + q0 * job->query_row_stride;
     const REAL scale = (REAL)job->scale;
-    for (ptrdiff_t e = 0; e < head_dim; ++e) {
-        REAL *qt = w.packed_query + e * width;
-        for (ptrdiff_t i = 0; i < nq; ++i)
-            qt[i] = query[i * job->query_row_stride + e * job->query_col_stride] * scale;
-        for (ptrdiff_t i = nq; i < width; ++i) qt[i] = 0;
+    const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
+    /* a few rows (decoding): scores as dot products, from row-major Q */
+    const int decoding = LANES > 1 && nq <= FA_DECODE_MAX_ROWS;
+    if (decoding) {
+        for (ptrdiff_t i = 0; i < nq; ++i) {
+            REAL *row = w.query_rows + i * head_dim_pad;
+            for (ptrdiff_t e = 0; e < head_dim; ++e)
+                row[e] = query[i * job->query_row_stride + e * job->query_col_stride] * scale;
+            for (ptrdiff_t e = head_dim; e < head_dim_pad; ++e) row[e] = 0;
+        }
+        /* the padding columns of S are never written by the dot products: make them
+         * finite once (the softmax leaves finite values in them after each tile) */
+        for (ptrdiff_t j = 0; j < job->tile_keys; ++j)
+            for (ptrdiff_t i = nq; i < width; ++i) w.scores[j * width + i] = 0;
+    } else {
+        /* Qt = scale * Q^T, zero-padded to whole vectors */
+        for (ptrdiff_t e = 0; e < head_dim; ++e) {
+            REAL *qt = w.packed_query + e * width;
+            for (ptrdiff_t i = 0; i < nq; ++i)
+                qt[i] = query[i * job->query_row_stride + e * job->query_col_stride] * scale;
+            for (ptrdiff_t i = nq; i < width; ++i) qt[i] = 0;
+        }
     }
     for (ptrdiff_t i = 0; i < width; ++i) {
         w.row_max[i] = -INFINITY;
@@ -465,23 +564,29 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         key_end = begin + chunk < key_end ? begin + chunk : key_end;
     }
 
+    /* keys are read in place unless they are float16, or the decoding path needs
+     * whole vectors of a row (a head dim that is not, or strided columns) */
+    const int pack_keys = job->kv_storage == FA_STORAGE_F16 ||
+                          (decoding && (head_dim != head_dim_pad || job->key_col_stride != 1));
     const REAL *key = (const REAL *)job->key;
-    ptrdiff_t key_row_stride = job->key_row_stride, key_col_stride = job->key_col_stride;
 
     for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
         const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
-        const REAL *key_tile = key + k0 * key_row_stride;
-#if REAL_IS_FLOAT
-        if (job->kv_storage == FA_STORAGE_F16) {
-            FN(convert_keys)(job, k0, nk, w.packed_key);
+        const REAL *key_tile = key + k0 * job->key_row_stride;
+        ptrdiff_t key_row_stride = job->key_row_stride, key_col_stride = job->key_col_stride;
+        if (pack_keys) {
+            FN(pack_keys)(job, k0, nk, head_dim_pad, w.packed_key);
             key_tile = w.packed_key;
-            key_row_stride = head_dim;
+            key_row_stride = head_dim_pad;
             key_col_stride = 1;
         }
-#endif
         /* S (nk x width) = K_j . Qt */
-        FN(gemm_packed)(key_tile, key_row_stride, key_col_stride, nk, w.packed_query, width,
-                        width, head_dim, w.scores, width, 0);
+        if (decoding)
+            FN(dot_scores_rows)(nq, w.query_rows, head_dim_pad, key_tile, key_row_stride, nk,
+                                w.scores, width);
+        else
+            FN(gemm_packed)(key_tile, key_row_stride, key_col_stride, nk, w.packed_query, width,
+                            width, head_dim, w.scores, width, 0);
         FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
                              w.column_slope, w.scores);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);

@@ -22,6 +22,7 @@
 #define VEXP exp_nonpositive_f32
 #define VTANH tanh_f32
 #define VABS abs_f32
+#define VHSUM hsum_f32
 #define REAL_IS_FLOAT 1
 #include "fa_attention_impl.h"
 #undef REAL
@@ -37,6 +38,7 @@
 #undef VEXP
 #undef VTANH
 #undef VABS
+#undef VHSUM
 #undef REAL_IS_FLOAT
 
 #define REAL double
@@ -52,5 +54,6 @@
 #define VEXP exp_nonpositive_f64
 #define VTANH tanh_f64
 #define VABS abs_f64
+#define VHSUM hsum_f64
 #define REAL_IS_FLOAT 0
 #include "fa_attention_impl.h"

@@ -347,4 +347,47 @@ FA_INLINE void half_to_float_row(const uint16_t *src, float *dst, ptrdiff_t n) {
     for (; i < n; ++i) dst[i] = half_to_float(src[i]);
 }
 
+/* The sum of a vector's lanes. */
+#if defined(FA_PORTABLE)
+FA_INLINE float hsum_f32(vf32 v) { return v; }
+FA_INLINE double hsum_f64(vf64 v) { return v; }
+#elif defined(FA_BUILD_AVX512)
+FA_INLINE float hsum_f32(vf32 v) { return _mm512_reduce_add_ps((__m512)v); }
+FA_INLINE double hsum_f64(vf64 v) { return _mm512_reduce_add_pd((__m512d)v); }
+#elif defined(FA_BUILD_AVX2)
+FA_INLINE float hsum_f32(vf32 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+FA_INLINE double hsum_f64(vf64 v) {
+    __m128d x = _mm_add_pd(_mm256_castpd256_pd128((__m256d)v), _mm256_extractf128_pd((__m256d)v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)));
+}
+#elif defined(__SSE2__)
+FA_INLINE float hsum_f32(vf32 v) {
+    __m128 x = _mm_add_ps((__m128)v, _mm_movehl_ps((__m128)v, (__m128)v));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
+}
+FA_INLINE double hsum_f64(vf64 v) {
+    return _mm_cvtsd_f64(_mm_add_sd((__m128d)v, _mm_unpackhi_pd((__m128d)v, (__m128d)v)));
+}
+#else
+FA_INLINE float hsum_f32(vf32 v) {
+    float t[FA_LANES_F32], s = 0; memcpy(t, &v, sizeof t);
+    for (int i = 0; i < FA_LANES_F32; ++i) s += t[i];
+    return s;
+}
+FA_INLINE double hsum_f64(vf64 v) {
+    double t[FA_LANES_F64], s = 0; memcpy(t, &v, sizeof t);
+    for (int i = 0; i < FA_LANES_F64; ++i) s += t[i];
+    return s;
+}
+#endif
+
+/* Query rows up to which a tile takes the decoding path (scores as dot products
+ * along the head dim, the key's row loaded once for all rows) instead of the
+ * outer-product micro-kernel, whose one-vector-wide tiles are mostly padding. */
+#define FA_DECODE_MAX_ROWS 8
+
 #endif /* FA_SIMD_H */
