@@ -231,7 +231,7 @@ def plot(rows, path):
     fitted = (f"slopes fitted over {spans[0]}" if len(spans) == 1 else
               "slopes fitted over the lengths in each legend" if spans else "no slopes fitted")
     if any(used and used[0] < 1024 for _, used in curves):
-        fitted += " (the 3 longest measured: fewer than 3 reach L = 1024)"
+        fitted += " (the longest measured: fewer than 3 reach L = 1024)"
     heads = rows[0]["heads"] if rows and "heads" in rows[0] else None
     fig.suptitle(f"Attention time against sequence length (B = 1"
                  f"{f', H = {heads}' if heads else ''}); {fitted}", fontsize=10)
