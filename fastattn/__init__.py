@@ -14,6 +14,12 @@ Who calls whom::
 The instruction set (baseline x86-64, AVX2+FMA, AVX-512) is chosen at import
 from what the CPU supports (``fastattn/_simd.py``; ``FASTATTN_SIMD`` forces one).
 """
+try:
+    from fastattn import _sdpa   # the compiled extension; everything below needs it
+except ImportError as _error:    # e.g. imported from the source tree, never built there
+    from fastattn._extension import explain as _explain
+    raise ImportError(_explain(_error, __path__[0])) from _error
+
 from fastattn._version import __version__
 from fastattn.attention import (
     merge_attention,

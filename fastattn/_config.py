@@ -1,4 +1,5 @@
 """``show_config``: what this build of fastattn is and what it will run with."""
+import platform
 import sys
 
 import numpy as np
@@ -7,12 +8,25 @@ from fastattn import _sdpa, _simd
 from fastattn._version import __version__
 
 
+def cpu_model():
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def config():
     """The facts ``show_config`` prints, as a dict."""
     return {
         "version": __version__,
         "python": sys.version.split()[0],
         "numpy": np.__version__,
+        "cpu": cpu_model(),
         "simd_built": list(_sdpa.built_isas()),
         "simd_supported": list(_simd.available()),
         "simd_active": _simd.active(),
@@ -27,6 +41,7 @@ def show_config():
     """Print the version, SIMD paths built and chosen, OpenMP and threads, and BLAS."""
     info = config()
     print(f"fastattn {info['version']} (Python {info['python']}, NumPy {info['numpy']})")
+    print(f"  CPU:                  {info['cpu']}")
     print(f"  SIMD paths built:     {', '.join(info['simd_built'])}")
     print(f"  SIMD paths supported: {', '.join(info['simd_supported'])}")
     lanes = info["lanes_float32"]

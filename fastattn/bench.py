@@ -21,6 +21,7 @@ import numpy as np
 
 from fastattn import MultiHeadAttention, _sdpa, _simd, blog, numpy_reference, \
     scaled_dot_product_attention
+from fastattn._config import cpu_model
 from fastattn._version import __version__
 from fastattn.demo import SENTENCES
 from fastattn.numpy_reference import materialized_attention
@@ -200,7 +201,7 @@ def run_window(torch, threads, repeats, windows=(256, 512, 1024),
                   f"{cell('torch', 14)} {ratio('mask', 8)} {ratio('torch', 9)}", flush=True)
         long = [(n, t) for n, t in zip(lengths, times) if n >= 4096]
         if len(long) >= 2:
-            slopes[window] = fitted_slope(*zip(*long), min_length=4096)
+            slopes[window] = slope_fit(*zip(*long), min_length=4096)[0]
     for window, slope in slopes.items():
         print(f"w={window}: time ~ L^{slope:.2f} over L >= 4096 (dense attention: ~L^2)")
     return slopes
@@ -227,27 +228,40 @@ def run_blog(repeats):
         print(f"{name:<34} {t_ours * 1e6:12.2f} {t_blog * 1e6:14.2f} {t_blog / t_ours:8.2f}x")
 
 
-def fitted_slope(lengths, seconds, min_length=1024):
-    """Exponent p of time ~ L^p, least squares on log-log over L >= min_length (the
-    quadratic regime; short calls carry fixed costs) or over all when too few."""
-    points = [(n, t) for n, t in zip(lengths, seconds) if t and n >= min_length]
+def slope_fit(lengths, seconds, min_length=1024, min_points=3):
+    """(p, lengths used): the exponent of time ~ L^p, least squares on log-log over
+    L >= min_length (the quadratic regime; short calls carry fixed costs) when at
+    least min_points lengths were measured there, else over the longest min_points
+    lengths measured (all of them when fewer); (nan, []) below 2 points."""
+    measured = sorted((n, t) for n, t in zip(lengths, seconds) if t)
+    points = [(n, t) for n, t in measured if n >= min_length]
+    if len(points) < min_points:
+        points = measured[-min_points:]
     if len(points) < 2:
-        points = [(n, t) for n, t in zip(lengths, seconds) if t]
-    if len(points) < 2:
-        return float("nan")
+        return float("nan"), []
     n, t = np.array(points).T
-    return float(np.polyfit(np.log(n), np.log(t), 1)[0])
+    return float(np.polyfit(np.log(n), np.log(t), 1)[0]), [int(x) for x in n]
+
+
+def fitted_slope(lengths, seconds):
+    """The exponent p of time ~ L^p (see ``slope_fit``)."""
+    return slope_fit(lengths, seconds)[0]
+
+
+def _span(used):
+    return f"L = {used[0]}-{used[-1]}"
 
 
 def plot(rows, path):
-    """Time against L, log-log, per head dim and mask, with fitted slopes."""
+    """Time against L, log-log, per head dim and mask, with fitted slopes; returns
+    the lengths the slopes were fitted over, in words."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install matplotlib "
-                         "(or pip install 'fastattn[bench]')") from None
+                         "(or pip install 'fastattn[plot]')") from None
     panels = sorted({(r["head_dim"], r["causal"]) for r in rows})
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
@@ -255,6 +269,7 @@ def plot(rows, path):
     styles = {"fastattn_s": ("fastattn (fused)", "tab:blue", "o"),
               "numpy_s": ("NumPy reference", "tab:orange", "s"),
               "torch_s": ("torch SDPA", "tab:green", "^")}
+    curves = []
     for ax, (head_dim, causal) in zip(axes.flat, panels):
         panel = [r for r in rows if r["head_dim"] == head_dim and r["causal"] == causal]
         lengths = [r["length"] for r in panel]
@@ -263,28 +278,38 @@ def plot(rows, path):
             shown = [(n, t) for n, t in zip(lengths, seconds) if t]
             if not shown:
                 continue
-            slope = fitted_slope(lengths, seconds)
+            slope, used = slope_fit(lengths, seconds)
+            curves.append((label, used))
             ax.loglog(*zip(*shown), marker=marker, color=color,
-                      label=f"{label}: slope {slope:.2f}")
+                      label=f"{label}: slope {slope:.2f}" + (f" ({_span(used)})" if used else ""))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sequence length L = S")
         ax.set_ylabel("seconds per call")
         ax.set_title(f"D = {head_dim}, {'causal' if causal else 'no mask'}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Attention time against sequence length (B = 1, H = 8); "
-                 "slopes fitted over L >= 1024")
+    spans = sorted({_span(used) for _, used in curves if used})
+    fitted = (f"slopes fitted over {spans[0]}" if len(spans) == 1 else
+              "slopes fitted over the lengths in each legend" if spans else "no slopes fitted")
+    if any(used and used[0] < 1024 for _, used in curves):
+        fitted += " (the longest measured: fewer than 3 reach L = 1024)"
+    heads = rows[0]["heads"] if rows and "heads" in rows[0] else None
+    fig.suptitle(f"Attention time against sequence length (B = 1"
+                 f"{f', H = {heads}' if heads else ''}); {fitted}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fitted
 
 
 def run(args):
     threads = args.threads or _sdpa.max_threads()
     torch = _import_torch(threads)
     dtype = np.dtype(args.dtype)
-    print(f"fastattn {__version__} bench: B=1 H={args.heads} {dtype}, {threads} thread(s), "
-          f"SIMD {_simd.active()}, torch {torch.__version__ if torch else 'not installed'}")
+    print(f"fastattn {__version__} bench: B=1 H={args.heads} {dtype}, "
+          f"torch {torch.__version__ if torch else 'not installed'}")
+    print(f"CPU: {cpu_model()}; SIMD path {_simd.active()} "
+          f"({_sdpa.lanes(_simd.active(), False)} float32 lanes); {threads} thread(s)")
     print(f"interleaved, median of {args.repeats} runs; GFLOP/s = 4*B*H*L*S*D / time "
           f"(halved when causal)\n")
     header = (f"{'D':>4} {'causal':>6} {'L':>6} {'fastattn ms':>12} {'GFLOP/s':>8} "
@@ -310,6 +335,7 @@ def run(args):
                 flops = 4 * args.heads * length * length * head_dim / (2 if causal else 1)
                 ours = medians["fastattn"]
                 row = {"head_dim": head_dim, "causal": causal, "length": length,
+                       "heads": args.heads,
                        "fastattn_s": ours, "gflops": flops / ours / 1e9,
                        "numpy_s": medians.get("numpy"), "torch_s": medians.get("torch")}
                 rows.append(row)
@@ -326,8 +352,8 @@ def run(args):
                       flush=True)
 
     if args.plot:
-        plot(rows, args.plot)
-        print(f"\nplot written to {args.plot}")
+        fitted = plot(rows, args.plot)
+        print(f"\nplot written to {args.plot}; {fitted}")
 
     if args.memory_length:
         head_dim = min(args.head_dims)

@@ -87,7 +87,7 @@ def plot_heatmaps(path, embeddings, word_to_index):
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install matplotlib "
-                         "(or pip install 'fastattn[bench]')") from None
+                         "(or pip install 'fastattn[plot]')") from None
     fig, axes = plt.subplots(2, 3, figsize=(15, 9.5))
     for ax, sentence in zip(axes.flat, SENTENCES):
         words = sentence.split()

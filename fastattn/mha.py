@@ -68,7 +68,7 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
                          k_proj_weight=None, v_proj_weight=None, key_padding_mask=None,
                          need_weights=True, attn_mask=None, average_attn_weights=True,
                          is_causal=False, batch_first=False, num_threads=None,
-                         _pack=_pack_each_time):
+                         _pack=_pack_each_time, _expects="the weights expect"):
     """Multi-head attention with weights you hold yourself.
 
     Shapes as ``torch.nn.MultiheadAttention``: query ``(L, N, E)`` (``(N, L, E)``
@@ -115,7 +115,19 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
             return x[None]
         return x if batch_first else x.swapaxes(0, 1)
 
-    n_batch, n_queries, embed_dim = nle(q_in).shape
+    # embed_dim is the weights' (out_proj_weight is (E, E)); the inputs must match it
+    if out_proj_weight.ndim != 2 or out_proj_weight.shape[0] != out_proj_weight.shape[1]:
+        raise ValueError(f"out_proj_weight must have shape (embed_dim, embed_dim), got "
+                         f"{out_proj_weight.shape}")
+    embed_dim = out_proj_weight.shape[0]
+
+    def check_features(name, array, dim_name, expected, why=""):
+        if array.shape[-1] != expected:
+            raise ValueError(f"{name} has {array.shape[-1]} features (shape {array.shape}), "
+                             f"but {_expects} {dim_name} {expected}{why}")
+
+    check_features("query", q_in, "embed_dim", embed_dim)
+    n_batch, n_queries = nle(q_in).shape[:2]
     n_keys = nle(k_in).shape[1]
     if nle(k_in).shape[0] != n_batch or nle(v_in).shape[0] != n_batch:
         raise ValueError(f"query, key and value must have the same batch size, got shapes "
@@ -126,13 +138,11 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
     head_dim = embed_dim // num_heads
-    kdim, vdim = k_in.shape[-1], v_in.shape[-1]
     threads = attention._thread_count(num_threads)
 
     def project(x, key, weight, bias):
         return linear(x, _pack(key, weight), weight.shape[0], bias, num_threads=threads)
 
-    _check_shape(out_proj_weight, (embed_dim, embed_dim), "out_proj_weight")
     if out_proj_bias is not None:
         out_proj_bias = _array(out_proj_bias, "out_proj_bias", dtype)
         _check_shape(out_proj_bias, (embed_dim,), "out_proj_bias")
@@ -145,10 +155,10 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     if in_proj_weight is not None:
         weight = _array(in_proj_weight, "in_proj_weight", dtype)
         _check_shape(weight, (3 * embed_dim, embed_dim), "in_proj_weight")
-        if kdim != embed_dim or vdim != embed_dim:
-            raise ValueError(f"in_proj_weight needs key and value with embed_dim "
-                             f"{embed_dim} features, got {kdim} and {vdim}; use "
-                             f"q/k/v_proj_weight for kdim/vdim != embed_dim")
+        for name, array, dim_name in (("key", k_in, "kdim"), ("value", v_in, "vdim")):
+            check_features(name, array, dim_name, embed_dim,
+                           f": in_proj_weight needs key and value with embed_dim {embed_dim} "
+                           f"features (kdim/vdim != embed_dim need q/k/v_proj_weight)")
         if query is key and key is value:       # self-attention: one GEMM for q, k, v
             q, k, v = np.split(project(q_in, "qkv", weight, in_proj_bias), 3, axis=-1)
         elif key is value:                      # encoder-decoder: one GEMM for k, v
@@ -160,13 +170,20 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
                        zip((q_in, k_in, v_in), "qkv", np.split(weight, 3), biases))
     else:
         weights_in = []
-        for name, w, features in (("q_proj_weight", q_proj_weight, embed_dim),
-                                  ("k_proj_weight", k_proj_weight, kdim),
-                                  ("v_proj_weight", v_proj_weight, vdim)):
+        for name, w, x, x_name, dim_name in (
+                ("q_proj_weight", q_proj_weight, q_in, "query", "embed_dim"),
+                ("k_proj_weight", k_proj_weight, k_in, "key", "kdim"),
+                ("v_proj_weight", v_proj_weight, v_in, "value", "vdim")):
             if w is None:
                 raise ValueError(f"{name} is needed when in_proj_weight is None")
             w = _array(w, name, dtype)
-            _check_shape(w, (embed_dim, features), name)
+            if x_name == "query":
+                _check_shape(w, (embed_dim, embed_dim), name)
+            else:
+                if w.ndim != 2 or w.shape[0] != embed_dim:
+                    raise ValueError(f"{name} must have shape ({embed_dim}, {dim_name}), "
+                                     f"got {w.shape}")
+                check_features(x_name, x, dim_name, w.shape[1], f" ({name} is {w.shape})")
             weights_in.append(w)
         q, k, v = (project(x, name, w, b) for x, name, w, b in
                    zip((q_in, k_in, v_in), "qkv", weights_in, biases))
@@ -378,7 +395,12 @@ class MultiHeadAttention:
             k_proj_weight=self.k_proj_weight, v_proj_weight=self.v_proj_weight,
             key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
             average_attn_weights=average_attn_weights, is_causal=is_causal,
-            batch_first=self.batch_first, num_threads=num_threads, _pack=self._pack)
+            batch_first=self.batch_first, num_threads=num_threads, _pack=self._pack,
+            _expects=f"this {self._short_repr()} expects")
+
+    def _short_repr(self):
+        dims = "" if self._qkv_same_embed_dim else f", kdim={self.kdim}, vdim={self.vdim}"
+        return f"MultiHeadAttention(embed_dim={self.embed_dim}, num_heads={self.num_heads}{dims})"
 
     def __repr__(self):
         return (f"MultiHeadAttention(embed_dim={self.embed_dim}, num_heads={self.num_heads}, "

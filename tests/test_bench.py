@@ -5,7 +5,10 @@ import sys
 import numpy as np
 import pytest
 
-from fastattn.bench import fitted_slope
+from fastattn.__main__ import main
+from fastattn._config import cpu_model
+from fastattn.bench import fitted_slope, slope_fit
+from tests.png import png_size
 
 
 def test_fitted_slope_of_a_quadratic():
@@ -29,3 +32,30 @@ def test_bench_command_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "fastattn ms" in result.stdout and "peak memory beyond inputs" in result.stdout
     assert "sliding window" in result.stdout and "torch mask ms" in result.stdout
+    assert f"CPU: {cpu_model()}; SIMD path " in result.stdout
+
+
+def test_slope_fit_uses_what_was_measured():
+    seconds = [1e-9 * n**2 for n in (128, 256, 512, 1024, 2048, 4096)]
+    slope, used = slope_fit([128, 256, 512, 1024, 2048, 4096], seconds)
+    assert used == [1024, 2048, 4096] and slope == pytest.approx(2.0)
+    # a quick run stops at L = 1024: the 3 longest lengths measured, not "L >= 1024"
+    assert slope_fit([256, 512, 1024], seconds[1:4]) == (pytest.approx(2.0), [256, 512, 1024])
+    assert slope_fit([256, 512, 1024, 2048], [1.0, 4.0, None, 64.0])[1] == [256, 512, 2048]
+
+
+def test_bench_plot(tmp_path, monkeypatch, capsys):
+    """--plot writes a whole PNG of the expected size (1 head dim: 2 panels, 12 x 4.6
+    inches at 110 dpi) and says which lengths the slopes were fitted over. In-process
+    and without torch, to stay fast."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    path = tmp_path / "bench.png"
+    assert main(["bench", "--lengths", "64", "128", "256", "--head-dims", "16", "--heads", "2",
+                 "--repeats", "1", "--memory-length", "0", "--no-mha", "--no-blog",
+                 "--no-window", "--plot", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "torch not installed" in out
+    assert png_size(path) == (1320, 506)
+    assert path.stat().st_size > 10_000
+    assert f"plot written to {path}; slopes fitted over L = 64-256 (the longest measured" in out

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from fastattn import demo
+from tests.png import png_size
 
 
 def run_demo(*args, **env):
@@ -29,6 +30,7 @@ def test_demo_plot(tmp_path):
     result = run_demo("--plot", str(path))
     assert result.returncode == 0, result.stderr
     assert path.stat().st_size > 10_000
+    assert png_size(path) == (1650, 1045)      # 15 x 9.5 inches at 110 dpi: 2 x 3 heatmaps
 
 
 def test_demo_plot_without_matplotlib(tmp_path):

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from fastattn import MultiHeadAttention, multi_head_attention
 from fastattn import scaled_dot_product_attention as sdpa
 
 Q = np.zeros((2, 5, 8), dtype=np.float32)
@@ -62,3 +63,40 @@ def test_bad_num_threads(threads, error, match):
 def test_bad_scale():
     with pytest.raises(TypeError, match=r"scale must be a real number or None, got 'big'"):
         sdpa(Q, K, V, scale="big")
+
+
+def test_mha_inputs_with_the_wrong_number_of_features():
+    """The error names the input, its features and the module's (not a divisibility
+    complaint about the input's own size)."""
+    mha = MultiHeadAttention(8, 2)
+    x = np.zeros((2, 5, 9), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^query has 9 features \(shape \(2, 5, 9\)\), but this "
+                       r"MultiHeadAttention\(embed_dim=8, num_heads=2\) expects embed_dim 8$"):
+        mha(x, x, x)
+    y = np.zeros((2, 5, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^key has 9 features \(shape \(2, 5, 9\)\), but this "
+                       r"MultiHeadAttention\(embed_dim=8, num_heads=2\) expects kdim 8: "
+                       r"in_proj_weight needs key and value with embed_dim 8 features"):
+        mha(y, x, y)
+    with pytest.raises(ValueError, match=r"^value has 9 features .* expects vdim 8"):
+        mha(y, y, x)
+    with pytest.raises(ValueError, match=r"^query has 9 features \(shape \(2, 5, 9\)\), but the "
+                       r"weights expect embed_dim 8$"):
+        multi_head_attention(x, x, x, 2, mha.in_proj_weight, None, mha.out_proj.weight, None)
+
+
+def test_mha_key_and_value_features_with_kdim_vdim():
+    mha = MultiHeadAttention(8, 2, kdim=5, vdim=11)
+    q = np.zeros((4, 2, 8), dtype=np.float32)
+    k = np.zeros((6, 2, 5), dtype=np.float32)
+    v = np.zeros((6, 2, 11), dtype=np.float32)
+    mha(q, k, v)
+    with pytest.raises(ValueError, match=r"^key has 6 features \(shape \(6, 2, 6\)\), but this "
+                       r"MultiHeadAttention\(embed_dim=8, num_heads=2, kdim=5, vdim=11\) "
+                       r"expects kdim 5"):
+        mha(q, np.zeros((6, 2, 6), dtype=np.float32), v)
+    with pytest.raises(ValueError, match=r"^value has 5 features \(shape \(6, 2, 5\)\), but .* "
+                       r"expects vdim 11"):
+        mha(q, k, k)
+    with pytest.raises(ValueError, match=r"^query has 5 features .* expects embed_dim 8$"):
+        mha(k[:4], k, v)

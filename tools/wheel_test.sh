@@ -30,7 +30,8 @@ ls -l "$wheel"
 
 echo "== install it where there is no Cython and no compiler"
 python3 -m venv "$work/test-env"
-"$work/test-env/bin/pip" install -q "$wheel" pytest hypothesis torch==2.13.0
+# matplotlib: the demo --plot and bench --plot tests run instead of being skipped
+"$work/test-env/bin/pip" install -q "$wheel" pytest hypothesis torch==2.13.0 "matplotlib>=3.7"
 cp -r "$root/tests" "$work/run/tests"      # outside the source tree: no uncompiled fastattn/
 cd "$work/run"
 clean_env=(env -i HOME="$work/home" PATH="$work/test-env/bin" LANG=C.UTF-8)
@@ -39,6 +40,7 @@ import importlib.util, shutil, fastattn
 assert shutil.which("gcc") is None and shutil.which("cc") is None, "a compiler is on PATH"
 assert importlib.util.find_spec("Cython") is None, "Cython is installed"
 assert "site-packages" in fastattn.__file__, fastattn.__file__
+assert importlib.util.find_spec("matplotlib"), "matplotlib is missing: the plot tests would skip"
 fastattn.show_config()
 PY
 

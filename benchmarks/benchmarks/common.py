@@ -1,14 +1,31 @@
-"""Settings and cached, seeded data builders shared by every benchmark file."""
+"""Settings and cached, seeded data builders shared by every benchmark file.
+
+The grids are sized so that `asv run --python=same --quick` (each benchmark once,
+each parameter combination in its own process) takes a few minutes on 2 cores:
+attention is quadratic, so the lengths step by 4x (16x in time) and the curve
+spans L = 256 ... 16384 in 4 points; the slower, less informative combinations
+(float64, the materialised reference, peak memory) run on shorter sub-grids.
+A new benchmark class takes its lengths from here.
+"""
 import functools
 
 import numpy as np
 
-LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+# the sweep of sequence lengths L = S (batch 1, HEADS heads)
+LENGTHS = [256, 1024, 4096, 16384]
 HEAD_DIMS = [64, 128]
+CAUSAL = [False, True]
 DTYPES = ["float32", "float64"]
 HEADS = 8
-# the materialised reference runs while its score matrix stays under this
+# float64 runs the same kernels at half the lanes: its curve to L = 4096 tracks it
+FLOAT64_LENGTHS = [n for n in LENGTHS if n <= 4096]
+# the fused kernel's memory beyond inputs and output does not depend on the head
+# dim or the mask: peak memory over L at one head dim, no mask
+PEAKMEM_HEAD_DIM = 64
+# the materialised reference runs while its float32 score matrix (HEADS x L x L)
+# stays under this: L = 256 ... 4096 (0.5 GiB at 4096; 8 GiB at 16384)
 REFERENCE_MAX_SCORE_BYTES = 2 * 2**30
+REFERENCE_LENGTHS = [n for n in LENGTHS if HEADS * n * n * 4 <= REFERENCE_MAX_SCORE_BYTES]
 
 
 @functools.lru_cache(maxsize=2)
@@ -27,6 +44,9 @@ def token_batch(batch, length, embed_dim, seed=0):
 
 
 class Benchmark:
-    """Base of every benchmark class: long lengths take seconds per call."""
+    """Base of every benchmark class. Long lengths take seconds per call: in a full
+    run, each combination takes up to 10 samples and stops sampling after 10 s
+    (at least 2 calls: asv's min_run_count); a --quick run calls each once."""
     timeout = 600
-    processes = 1
+    processes = 1            # asv's rounds: one process per combination
+    repeat = (1, 10, 10.0)   # (min samples, max samples, seconds)
