@@ -1,6 +1,7 @@
 """Numbers that summarise attention's cost, tracked across commits:
 
-- the fitted exponent of time against L (about 2: attention is quadratic);
+- the fitted exponent of time against L (about 2: attention is quadratic; about 1
+  for a sliding window);
 - GFLOP/s of the fused kernel at a long length (how close to the machine's peak);
 - peak memory beyond inputs and output at L = 16384 (flat for the fused kernel,
   L^2 for the reference: 1 head here so that the reference fits, 1 GiB);
@@ -32,22 +33,34 @@ def _best_time(function, repeats=3):
     return best
 
 
+WINDOW = 512
+# a window's cost is linear in L once L is a few windows long
+WINDOW_SWEEP = [4096, 8192, 16384, 32768]
+
+
 def _attend(implementation, q, k, v):
     if implementation == "fastattn":
         return fastattn.scaled_dot_product_attention(q, k, v)
+    if implementation == "fastattn_window512":
+        return fastattn.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                     window=(WINDOW, 0))
     return materialized_attention(q, k, v)
 
 
 class TimeExponent(Benchmark):
-    """Slope of log(time) against log(L), L = 1024 ... 8192, float32, D = 64."""
-    params = [["fastattn", "numpy"]]
+    """Slope of log(time) against log(L), float32, D = 64: dense attention (fastattn
+    and NumPy, L = 1024 ... 8192) is quadratic, about 2; causal sliding-window
+    attention, window=(512, 0), L = 4096 ... 32768, is linear, about 1 (fastattn
+    visits only the keys in each query's band). One plot, both curves."""
+    params = [["fastattn", "numpy", "fastattn_window512"]]
     param_names = ["implementation"]
     unit = "exponent"
 
     def track_time_exponent(self, implementation):
+        sweep = WINDOW_SWEEP if implementation == "fastattn_window512" else SWEEP
         times = [_best_time(lambda: _attend(implementation, *attention_inputs(n, 64, "float32")))
-                 for n in SWEEP]
-        return float(np.polyfit(np.log(SWEEP), np.log(times), 1)[0])
+                 for n in sweep]
+        return float(np.polyfit(np.log(sweep), np.log(times), 1)[0])
 
 
 class Throughput(Benchmark):
