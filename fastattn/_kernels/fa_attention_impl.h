@@ -569,6 +569,10 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     const int pack_keys = job->kv_storage == FA_STORAGE_F16 ||
                           (decoding && (head_dim != head_dim_pad || job->key_col_stride != 1));
     const REAL *key = (const REAL *)job->key;
+    /* a few rows use each value row a few times: read it where it is (when it is
+     * whole vectors of REAL) rather than copy it to aligned scratch first */
+    const int values_in_place = decoding && job->kv_storage != FA_STORAGE_F16 &&
+                                job->value_col_stride == 1 && value_dim == value_dim_pad;
 
     for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
         const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
@@ -592,9 +596,15 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
         FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
 
-        FN(pack_values)(job, k0, nk, value_dim_pad, w.packed_value);
-        FN(accumulate_values)(w.scores, width, nk, nq, w.packed_value, value_dim_pad,
-                              value_dim_pad, w.rescale, w.acc);
+        if (values_in_place) {
+            FN(accumulate_values)(w.scores, width, nk, nq,
+                                  (const REAL *)job->value + k0 * job->value_row_stride,
+                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc);
+        } else {
+            FN(pack_values)(job, k0, nk, value_dim_pad, w.packed_value);
+            FN(accumulate_values)(w.scores, width, nk, nq, w.packed_value, value_dim_pad,
+                                  value_dim_pad, w.rescale, w.acc);
+        }
     }
 
     if (job->weights) FN(normalize_weights)(job, key_begin, key_end, w.row_max, w.row_sum);
