@@ -30,6 +30,9 @@ def main(argv=None):
     bench.add_argument("--window-mask-max-length", type=int, default=8192,
                        help="longest L at which the window is also run as a bool mask")
     bench.add_argument("--no-window", action="store_true", help="skip the sliding-window section")
+    bench.add_argument("--no-decode", action="store_true", help="skip the KV-cache decode section")
+    bench.add_argument("--decode-max-length", type=int, default=32768,
+                       help="longest cache in the decode section")
     bench.add_argument("--no-mha", action="store_true", help="skip MultiHeadAttention")
     bench.add_argument("--no-blog", action="store_true", help="skip the blog's functions")
     bench.add_argument("--quick", action="store_true", help="L up to 1024, 3 repeats")
@@ -45,6 +48,7 @@ def main(argv=None):
             args.repeats = 3
             args.memory_length = min(args.memory_length, 4096)
             args.window_lengths = [n for n in args.window_lengths if n <= 8192]
+            args.decode_max_length = min(args.decode_max_length, 4096)
         return bench_module.run(args)
     return 2
 

@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from fastattn import MultiHeadAttention, _sdpa, _simd, blog, numpy_reference, \
-    scaled_dot_product_attention
+from fastattn import MultiHeadAttention, _sdpa, _simd, attention_with_kvcache, blog, \
+    numpy_reference, scaled_dot_product_attention
 from fastattn._config import cpu_model
 from fastattn._version import __version__
 from fastattn.demo import SENTENCES
@@ -207,6 +207,133 @@ def run_window(torch, threads, repeats, windows=(256, 512, 1024),
     return slopes
 
 
+def read_bandwidth(threads, mebibytes=512, repeats=5):
+    """Bytes per second this machine streams from memory with ``threads`` threads:
+    the best of ``repeats`` sums of a ``mebibytes`` float32 array, cut into one
+    slice per thread (NumPy's reductions release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+    data = np.ones(mebibytes * MIB // 4, dtype=np.float32)
+    slices = np.array_split(data, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(np.sum, slices))                      # pages in, threads up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, slices))
+            best = max(best, data.nbytes / (time.perf_counter() - start))
+    return best
+
+
+def _onnx_attention(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, threads):
+    """A one-node ONNX model of the standard Attention op (opset 23) in an
+    onnxruntime session with ``threads`` intra-op threads, or None without it."""
+    try:
+        import onnx
+        import onnxruntime
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+    node = helper.make_node("Attention", ["Q", "K", "V"], ["Y"], is_causal=0)
+    graph = helper.make_graph(
+        [node], "attention",
+        [helper.make_tensor_value_info("Q", elem, [batch, q_heads, n_queries, head_dim]),
+         helper.make_tensor_value_info("K", elem, [batch, kv_heads, n_keys, head_dim]),
+         helper.make_tensor_value_info("V", elem, [batch, kv_heads, n_keys, head_dim])],
+        [helper.make_tensor_value_info("Y", elem, [batch, q_heads, n_queries, head_dim])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+    except Exception:          # e.g. no float16 kernel for this op on the CPU
+        return None
+    return session
+
+
+DECODE_ROWS = [  # (B, query heads, kv heads, D, S)
+    *[(1, 32, 8, 128, s) for s in (1024, 2048, 4096, 8192, 16384, 32768)],
+    (4, 16, 16, 64, 4096),
+]
+
+
+def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "float16")):
+    """One new token (Lq = 1) attending to a full KV cache, float32 and float16
+    caches: time, K/V bytes read per second, that as a share of this machine's
+    read bandwidth measured here, and torch's SDPA and onnxruntime's Attention op
+    on the same data (checked against ours before timing)."""
+    bandwidth = read_bandwidth(threads)
+    print(f"\ndecode over a KV cache, Lq = 1: read bandwidth measured now ({threads} threads, "
+          f"512 MiB sum): {bandwidth / 1e9:.1f} GB/s")
+    header = (f"{'cache':>7} {'B':>2} {'Hq/Hkv':>6} {'D':>4} {'S':>6} {'fastattn ms':>12} "
+              f"{'GB/s':>6} {'% bw':>5} {'torch ms':>9} {'onnxrt ms':>10} {'vs torch':>9} "
+              f"{'vs onnxrt':>10}")
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    results = []
+    for dtype_name in dtypes:
+        dtype = np.dtype(dtype_name)
+        for batch, q_heads, kv_heads, head_dim, n_keys in rows:
+            q = rng.standard_normal((batch, q_heads, 1, head_dim), dtype=np.float32).astype(dtype)
+            k_cache = rng.standard_normal((batch, kv_heads, n_keys, head_dim),
+                                          dtype=np.float32).astype(dtype)
+            v_cache = rng.standard_normal((batch, kv_heads, n_keys, head_dim),
+                                          dtype=np.float32).astype(dtype)
+            ours = attention_with_kvcache(q, k_cache, v_cache, n_keys, num_threads=threads)
+            contenders = {"fastattn": lambda: attention_with_kvcache(
+                q, k_cache, v_cache, n_keys, num_threads=threads)}
+            tolerance = 2e-3 if dtype == np.float16 else 1e-4
+            if torch is not None:
+                tq, tk, tv = (torch.from_numpy(a) for a in (q, k_cache, v_cache))
+
+                def torch_decode():
+                    with torch.no_grad():
+                        return torch.nn.functional.scaled_dot_product_attention(
+                            tq, tk, tv, enable_gqa=True)
+                try:
+                    theirs = torch_decode().numpy()
+                    np.testing.assert_allclose(theirs.astype(np.float32), ours.astype(np.float32),
+                                               atol=tolerance, rtol=tolerance)
+                    contenders["torch"] = torch_decode
+                except (RuntimeError, AssertionError) as err:
+                    print(f"  torch skipped: {str(err).splitlines()[0][:60]}")
+            session = _onnx_attention(batch, q_heads, kv_heads, 1, n_keys, head_dim, dtype, threads)
+            if session is not None:
+                feeds = {"Q": q, "K": k_cache, "V": v_cache}
+                try:
+                    theirs = session.run(None, feeds)[0]
+                    np.testing.assert_allclose(theirs.astype(np.float32), ours.astype(np.float32),
+                                               atol=tolerance, rtol=tolerance)
+                    contenders["onnxruntime"] = lambda: session.run(None, feeds)
+                except Exception as err:
+                    print(f"  onnxruntime skipped: {str(err).splitlines()[0][:60]}")
+            medians = _interleaved_medians(contenders, repeats)
+            seconds = medians["fastattn"]
+            rate = (k_cache.nbytes + v_cache.nbytes) / seconds
+            row = {"cache": dtype_name, "batch": batch, "heads": (q_heads, kv_heads),
+                   "head_dim": head_dim, "n_keys": n_keys, "fastattn_s": seconds,
+                   "gb_per_s": rate / 1e9, "bandwidth_share": rate / bandwidth,
+                   "torch_s": medians.get("torch"), "onnxruntime_s": medians.get("onnxruntime")}
+            results.append(row)
+
+            def ms(name, width):
+                return (f"{medians[name] * 1e3:{width}.2f}" if name in medians
+                        else f"{'-':>{width}}")
+
+            def ratio(name, width):
+                return (f"{medians[name] / seconds:{width - 1}.2f}x" if name in medians
+                        else f"{'-':>{width}}")
+
+            print(f"{dtype_name:>7} {batch:>2} {q_heads:>3}/{kv_heads:<2} {head_dim:>4} "
+                  f"{n_keys:>6} {seconds * 1e3:12.3f} {rate / 1e9:6.1f} "
+                  f"{100 * rate / bandwidth:4.0f}% {ms('torch', 9)} {ms('onnxruntime', 10)} "
+                  f"{ratio('torch', 9)} {ratio('onnxruntime', 10)}", flush=True)
+    return bandwidth, results
+
+
 def run_blog(repeats):
     """Per-call latency of the blog's functions at blog size (a sentence of <= 10 words)."""
     word_to_index, _, embeddings = blog.create_word_representations(SENTENCES, seed=0)
@@ -362,6 +489,9 @@ def run(args):
         print(f"\npeak memory beyond inputs and output at L={args.memory_length}, "
               f"H={args.heads}, D={head_dim}: {extra / MIB:.1f} MiB "
               f"(the materialised score matrix alone would be {scores / MIB:,.0f} MiB)")
+    if not args.no_decode:
+        run_decode(torch, threads, args.repeats,
+                   rows=[r for r in DECODE_ROWS if r[4] <= args.decode_max_length])
     if not args.no_window:
         run_window(torch, threads, args.repeats, lengths=args.window_lengths,
                    mask_max_length=args.window_mask_max_length)
