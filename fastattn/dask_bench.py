@@ -37,6 +37,42 @@ def _current_rss():
     return _rss("VmRSS")
 
 
+def _wait_forgotten(client, collection, timeout=30):
+    """Wait until the scheduler has let go of the collection's keys."""
+    from dask.core import flatten
+    keys = list(flatten(collection.__dask_keys__()))
+
+    def known(dask_scheduler):
+        return any(key in dask_scheduler.tasks for key in keys)
+    deadline = time.monotonic() + timeout
+    while client.run_on_scheduler(known) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _plain_calls(n_calls, heads, length, head_dim, dtype):
+    """(start, end) wall-clock times of ``n_calls`` one-thread fastattn calls, in
+    this (child) process, after a warm-up call."""
+    import fastattn
+    q, k, v = np.random.default_rng(0).standard_normal((3, 1, heads, length, head_dim),
+                                                       dtype=dtype)
+    fastattn.scaled_dot_product_attention(q, k, v, num_threads=1)
+    start = time.time()
+    for _ in range(n_calls):
+        fastattn.scaled_dot_product_attention(q, k, v, num_threads=1)
+    return start, time.time()
+
+
+def _plain_processes(n_processes, batch, heads, length, head_dim, dtype):
+    """Seconds for ``batch`` one-thread calls shared by ``n_processes`` plain
+    processes running at once: what the machine itself gives, without Dask."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+    with ProcessPoolExecutor(n_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        spans = list(pool.map(_plain_calls, [batch // n_processes] * n_processes,
+                              *([x] * n_processes for x in (heads, length, head_dim, dtype))))
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
 def _cluster(n_workers):
     from distributed import LocalCluster
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
@@ -65,12 +101,14 @@ def run_throughput(batch, heads, length, head_dim, dtype, repeats, worker_counts
                                                       v[:1, :1, :64])
             client.compute(warm).result()
             seconds = []
+            result = fdask.scaled_dot_product_attention(q, k, v)
             for _ in range(repeats):
                 start = time.perf_counter()
-                out = client.persist(fdask.scaled_dot_product_attention(q, k, v))
+                out = client.persist(result)
                 wait(out)
                 seconds.append(time.perf_counter() - start)
                 del out
+                _wait_forgotten(client, result)     # or the next run finds it computed
             medians[n_workers] = statistics.median(seconds)
             print(f"  {n_workers} worker(s): {medians[n_workers]:7.2f} s  "
                   f"({flops / medians[n_workers] / 1e9:6.1f} GFLOP/s; runs "
@@ -79,6 +117,12 @@ def run_throughput(batch, heads, length, head_dim, dtype, repeats, worker_counts
         few, many = sorted(medians)
         print(f"  throughput ratio {many} vs {few} worker(s): "
               f"{medians[few] / medians[many]:.2f}x (target >= 1.8x)")
+        # the same calls in plain processes: how much parallelism this machine has now
+        plain = {n: _plain_processes(n, batch, heads, length, head_dim, dtype)
+                 for n in (few, many)}
+        print(f"  control, no Dask: {batch} one-thread calls in {few} process(es) "
+              f"{plain[few]:.2f} s, in {many} at once {plain[many]:.2f} s: "
+              f"{plain[few] / plain[many]:.2f}x")
     return medians
 
 
