@@ -27,9 +27,14 @@ import numbers
 import threading
 
 import numpy as np
-import dask.array as da
-from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
+
+try:
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+except ImportError as error:                    # pragma: no cover
+    raise ImportError(f"fastattn.dask needs dask[array] (and distributed for a cluster): "
+                      f"pip install 'fastattn[dask]' ({error})") from error
 
 from fastattn import _sdpa
 from fastattn import attention as _attention
