@@ -1,5 +1,5 @@
 """``python -m fastattn demo`` (fastattn/demo.py) and ``python -m fastattn bench``
-(fastattn/bench.py)."""
+(fastattn/bench.py; with ``--dask``, fastattn/dask_bench.py)."""
 import argparse
 import sys
 
@@ -36,11 +36,24 @@ def main(argv=None):
     bench.add_argument("--no-mha", action="store_true", help="skip MultiHeadAttention")
     bench.add_argument("--no-blog", action="store_true", help="skip the blog's functions")
     bench.add_argument("--quick", action="store_true", help="L up to 1024, 3 repeats")
+    bench.add_argument("--dask", action="store_true",
+                       help="fastattn.dask on local worker processes instead (fastattn/dask_bench.py)")
+    bench.add_argument("--dask-batch", type=int, default=8, help="B of the --dask throughput run")
+    bench.add_argument("--dask-length", type=int, default=4096, help="L of the throughput run")
+    bench.add_argument("--dask-long-length", type=int, default=65536,
+                       help="L of the --dask long causal sequence (0 to skip)")
+    bench.add_argument("--dask-head-dim", type=int, default=64)
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from fastattn import demo as demo_module
         return demo_module.run(args)
+    if args.command == "bench" and args.dask:
+        from fastattn import dask_bench
+        if args.quick:
+            args.dask_length, args.repeats = min(args.dask_length, 1024), 3
+            args.dask_long_length = min(args.dask_long_length, 8192)
+        return dask_bench.run(args)
     if args.command == "bench":
         from fastattn import bench as bench_module
         if args.quick:

@@ -313,13 +313,16 @@ def merge_attention(outputs, lses):
 
 def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads,
             with_weights, out=None, average_heads=False, window=None,
-            causal_alignment="top_left", softcap=None, alibi_slopes=None, return_lse=False):
+            causal_alignment="top_left", softcap=None, alibi_slopes=None, return_lse=False,
+            _query_position_offset=None):
     """Validate, describe the problem, run the kernel; returns (out, weights, lse)
     (None where not asked for). ``out``, when given, is where the output goes (any
     batch and row strides, contiguous columns: MultiHeadAttention writes heads
     straight into its (N, L, E) buffer); it is trusted. With ``average_heads``,
     the weights returned are their mean over dim -3 (heads), computed tile by tile
-    without storing each head's."""
+    without storing each head's. ``_query_position_offset``, an int, overrides the
+    key position of query 0 that ``causal_alignment`` gives (a block of a larger
+    problem: ``fastattn.dask``)."""
     q = _float_array(query, "query", allow_half=True)
     k = _float_array(key, "key", allow_half=True)
     v = _float_array(value, "value", allow_half=True)
@@ -335,7 +338,6 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         q = q.astype(np.float32)
         if out is not None:
             raise TypeError("out= needs a float32 or float64 query")
-
     for name, array, dims in (("query", q, "(..., L, E)"), ("key", k, "(..., S, E)"),
                               ("value", v, "(..., S, Ev)")):
         if array.ndim < 2:
@@ -382,6 +384,8 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         raise TypeError(f"scale must be a real number or None, got {scale!r}")
     window_left, window_right = _check_window(window, bool(is_causal))
     query_offset = _query_offset(causal_alignment, n_queries, n_keys)
+    if _query_position_offset is not None:
+        query_offset = int(_query_position_offset)
     softcap = _check_softcap(softcap)
     if alibi_slopes is not None:   # one slope per (batch, head), as (*batch, 1)
         alibi_slopes = _check_alibi_slopes(alibi_slopes, batch_shape, q.shape)[..., None]
