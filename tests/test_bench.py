@@ -21,7 +21,8 @@ def test_fitted_slope_of_a_quadratic():
 def test_bench_command_runs(tmp_path):
     args = ["--lengths", "128", "256", "--head-dims", "16", "--heads", "2", "--repeats", "1",
             "--memory-length", "1024", "--no-mha", "--no-blog",
-            "--window-lengths", "256", "512", "--window-mask-max-length", "256"]
+            "--window-lengths", "256", "512", "--window-mask-max-length", "256",
+            "--decode-max-length", "1024"]
     try:
         import matplotlib  # noqa: F401
         args += ["--plot", str(tmp_path / "bench.png")]
@@ -32,6 +33,7 @@ def test_bench_command_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "fastattn ms" in result.stdout and "peak memory beyond inputs" in result.stdout
     assert "sliding window" in result.stdout and "torch mask ms" in result.stdout
+    assert "decode over a KV cache" in result.stdout and "% bw" in result.stdout
     assert f"CPU: {cpu_model()}; SIMD path " in result.stdout
 
 
@@ -53,7 +55,7 @@ def test_bench_plot(tmp_path, monkeypatch, capsys):
     path = tmp_path / "bench.png"
     assert main(["bench", "--lengths", "64", "128", "256", "--head-dims", "16", "--heads", "2",
                  "--repeats", "1", "--memory-length", "0", "--no-mha", "--no-blog",
-                 "--no-window", "--plot", str(path)]) == 0
+                 "--no-window", "--no-decode", "--plot", str(path)]) == 0
     out = capsys.readouterr().out
     assert "torch not installed" in out
     assert png_size(path) == (1320, 506)
