@@ -30,6 +30,14 @@
 #define FN(name) FA_ISA_NAME(FA_CONCAT(name, SFX))
 
 #define FA_ROUND_UP(n, m) ((((n) + (m) - 1) / (m)) * (m))
+/* A vector of keys or values at element `at` of `base`, stored as REAL or, with
+ * `half` (a constant at every call: float kernels only), as float16. */
+#if REAL_IS_FLOAT
+#  define FA_LOAD_KV(half, base, at) \
+    ((half) ? load_half_f32((const uint16_t *)(base) + (at)) : VLOAD((const REAL *)(base) + (at)))
+#else
+#  define FA_LOAD_KV(half, base, at) VLOAD((const REAL *)(base) + (at))
+#endif
 #define FA_SCRATCH_ALIGN 64
 
 typedef struct {
@@ -116,9 +124,9 @@ FA_INLINE void FN(gemm_block)(const int vecs, const int rows,
 /* acc[r] = acc[r] * rescale[r] + sum_j probs[j][r] * value[j] for a rows x
  * (vecs * LANES) block of the accumulator; probs is the transposed P; a NULL
  * rescale leaves the accumulator as it is. */
-FA_INLINE void FN(value_block)(const int vecs, const int rows,
+FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
                                const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
-                               const REAL *value, ptrdiff_t value_row,
+                               const void *value, ptrdiff_t value_row,
                                const REAL *rescale, REAL *acc, ptrdiff_t acc_row)
 {
     VREAL a[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
@@ -132,7 +140,7 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows,
     for (ptrdiff_t j = 0; j < n_keys; ++j) {
         VREAL v[FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
-        for (int c = 0; c < vecs; ++c) v[c] = VLOAD(value + j * value_row + c * LANES);
+        for (int c = 0; c < vecs; ++c) v[c] = FA_LOAD_KV(half, value, j * value_row + c * LANES);
 #pragma GCC unroll 8
         for (int r = 0; r < rows; ++r) {
             const REAL p = probs[j * width + r];
@@ -183,18 +191,18 @@ static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptr
  * time for independent chains; a one-vector outer-product tile would instead spend
  * a broadcast and an FMA per key element on mostly padding. Rows of `key` and
  * `query` are padded with zeros to head_dim_pad. */
-FA_INLINE void FN(dot_scores)(const int rows, const REAL *query, ptrdiff_t head_dim_pad,
-                              const REAL *key, ptrdiff_t key_row, ptrdiff_t n_keys,
-                              REAL *scores, ptrdiff_t width)
+FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
+                              ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
+                              ptrdiff_t n_keys, REAL *scores, ptrdiff_t width)
 {
     ptrdiff_t j = 0;
     for (; j + 2 <= n_keys; j += 2) {
         VREAL a0[FA_DECODE_MAX_ROWS], a1[FA_DECODE_MAX_ROWS];
 #pragma GCC unroll 8
         for (int r = 0; r < rows; ++r) a0[r] = a1[r] = VSPLAT(0);
-        const REAL *k0 = key + j * key_row, *k1 = k0 + key_row;
+        const ptrdiff_t k0 = j * key_row, k1 = k0 + key_row;
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
-            const VREAL x0 = VLOAD(k0 + c), x1 = VLOAD(k1 + c);
+            const VREAL x0 = FA_LOAD_KV(half, key, k0 + c), x1 = FA_LOAD_KV(half, key, k1 + c);
 #pragma GCC unroll 8
             for (int r = 0; r < rows; ++r) {
                 const VREAL q = VLOAD(query + r * head_dim_pad + c);
@@ -213,7 +221,7 @@ FA_INLINE void FN(dot_scores)(const int rows, const REAL *query, ptrdiff_t head_
 #pragma GCC unroll 8
         for (int r = 0; r < rows; ++r) a0[r] = VSPLAT(0);
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
-            const VREAL x0 = VLOAD(key + j * key_row + c);
+            const VREAL x0 = FA_LOAD_KV(half, key, j * key_row + c);
 #pragma GCC unroll 8
             for (int r = 0; r < rows; ++r) a0[r] += x0 * VLOAD(query + r * head_dim_pad + c);
         }
@@ -222,13 +230,15 @@ FA_INLINE void FN(dot_scores)(const int rows, const REAL *query, ptrdiff_t head_
     }
 }
 
-static void FN(dot_scores_rows)(ptrdiff_t rows, const REAL *query, ptrdiff_t head_dim_pad,
-                                const REAL *key, ptrdiff_t key_row, ptrdiff_t n_keys,
-                                REAL *scores, ptrdiff_t width)
+static void FN(dot_scores_rows)(ptrdiff_t rows, int half, const REAL *query,
+                                ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
+                                ptrdiff_t n_keys, REAL *scores, ptrdiff_t width)
 {
-    switch (rows) {
-#define FA_DOT_ROWS(n) case n: FN(dot_scores)(n, query, head_dim_pad, key, key_row, n_keys, \
-                                               scores, width); break;
+    switch (rows + (half ? 100 : 0)) {
+#define FA_DOT_ROWS(n) case n: FN(dot_scores)(n, 0, query, head_dim_pad, key, key_row, n_keys, \
+                                               scores, width); break;                        \
+                       case n + 100: FN(dot_scores)(n, REAL_IS_FLOAT, query, head_dim_pad,   \
+                                                    key, key_row, n_keys, scores, width); break;
     FA_DOT_ROWS(1) FA_DOT_ROWS(2) FA_DOT_ROWS(3) FA_DOT_ROWS(4)
     FA_DOT_ROWS(5) FA_DOT_ROWS(6) FA_DOT_ROWS(7) FA_DOT_ROWS(8)
 #undef FA_DOT_ROWS
@@ -239,9 +249,10 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, const REAL *query, ptrdiff_t hea
 /* acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
  * The keys are walked in chunks of FA_VALUE_CHUNK so that the panel of V a
  * register block streams through (chunk x block width) stays in L1. */
-static void FN(accumulate_values)(const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
-                                  ptrdiff_t n_queries, const REAL *value, ptrdiff_t value_row,
-                                  ptrdiff_t value_dim_pad, const REAL *rescale, REAL *acc)
+FA_INLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_t width,
+                                     ptrdiff_t n_keys, ptrdiff_t n_queries, const void *value,
+                                     ptrdiff_t value_row, ptrdiff_t value_dim_pad,
+                                     const REAL *rescale, REAL *acc)
 {
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
     for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
@@ -251,17 +262,18 @@ static void FN(accumulate_values)(const REAL *probs, ptrdiff_t width, ptrdiff_t 
         const REAL *shrink = j0 == 0 ? rescale : NULL;
         for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_VALUE_VECS) {
             const int vecs = (int)(n_vecs - c0 < FA_VALUE_VECS ? n_vecs - c0 : FA_VALUE_VECS);
-            const REAL *v = value + j0 * value_row + c0 * LANES;
+            const void *v = (const char *)value + (j0 * value_row + c0 * LANES) *
+                                                  (half ? 2 : (ptrdiff_t)sizeof(REAL));
             REAL *a = acc + c0 * LANES;
             ptrdiff_t i = 0;
             for (; i + FA_VALUE_ROWS <= n_queries; i += FA_VALUE_ROWS)
-                FA_DISPATCH_VECS(FN(value_block), vecs, FA_VALUE_ROWS, p + i, width, nk, v,
+                FA_DISPATCH_VECS(FN(value_block), vecs, FA_VALUE_ROWS, half, p + i, width, nk, v,
                                  value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad,
                                  value_dim_pad)
             /* the rows left (a few queries: decoding) as one block, each V row
              * loaded once for all of them */
             switch (n_queries - i) {
-#define FA_VALUE_REST(n) case n: FA_DISPATCH_VECS(FN(value_block), vecs, n, p + i, width, nk, v, \
+#define FA_VALUE_REST(n) case n: FA_DISPATCH_VECS(FN(value_block), vecs, n, half, p + i, width, nk, v, \
                                  value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad, \
                                  value_dim_pad) break;
             FA_VALUE_REST(1) FA_VALUE_REST(2) FA_VALUE_REST(3) FA_VALUE_REST(4)
@@ -564,45 +576,53 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         key_end = begin + chunk < key_end ? begin + chunk : key_end;
     }
 
-    /* keys are read in place unless they are float16, or the decoding path needs
-     * whole vectors of a row (a head dim that is not, or strided columns) */
-    const int pack_keys = job->kv_storage == FA_STORAGE_F16 ||
-                          (decoding && (head_dim != head_dim_pad || job->key_col_stride != 1));
-    const REAL *key = (const REAL *)job->key;
-    /* a few rows use each value row a few times: read it where it is (when it is
-     * whole vectors of REAL) rather than copy it to aligned scratch first */
-    const int values_in_place = decoding && job->kv_storage != FA_STORAGE_F16 &&
-                                job->value_col_stride == 1 && value_dim == value_dim_pad;
+    /* The decoding path reads keys and values where they are, float16 included
+     * (converted as vectors are loaded), when rows are whole vectors; otherwise
+     * tiles are packed into scratch first (converted, padded, aligned): the
+     * prefill path reuses each value row for many queries. */
+    const int half = job->kv_storage == FA_STORAGE_F16;
+    const ptrdiff_t kv_bytes = half ? 2 : (ptrdiff_t)sizeof(REAL);
+    const int keys_in_place = half ? decoding && head_dim == head_dim_pad &&
+                                         job->key_col_stride == 1
+                                   : !decoding || (head_dim == head_dim_pad &&
+                                                   job->key_col_stride == 1);
+    const int values_in_place = decoding && job->value_col_stride == 1 &&
+                                value_dim == value_dim_pad;
 
     for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
         const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
-        const REAL *key_tile = key + k0 * job->key_row_stride;
+        const void *key_tile = (const char *)job->key + k0 * job->key_row_stride * kv_bytes;
         ptrdiff_t key_row_stride = job->key_row_stride, key_col_stride = job->key_col_stride;
-        if (pack_keys) {
+        int key_half = half;
+        if (!keys_in_place) {
             FN(pack_keys)(job, k0, nk, head_dim_pad, w.packed_key);
             key_tile = w.packed_key;
             key_row_stride = head_dim_pad;
             key_col_stride = 1;
+            key_half = 0;
         }
         /* S (nk x width) = K_j . Qt */
         if (decoding)
-            FN(dot_scores_rows)(nq, w.query_rows, head_dim_pad, key_tile, key_row_stride, nk,
-                                w.scores, width);
+            FN(dot_scores_rows)(nq, key_half, w.query_rows, head_dim_pad, key_tile,
+                                key_row_stride, nk, w.scores, width);
         else
-            FN(gemm_packed)(key_tile, key_row_stride, key_col_stride, nk, w.packed_query, width,
-                            width, head_dim, w.scores, width, 0);
+            FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
+                            w.packed_query, width, width, head_dim, w.scores, width, 0);
         FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
                              w.column_slope, w.scores);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
         FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
 
-        if (values_in_place) {
-            FN(accumulate_values)(w.scores, width, nk, nq,
-                                  (const REAL *)job->value + k0 * job->value_row_stride,
+        const void *value_tile = (const char *)job->value + k0 * job->value_row_stride * kv_bytes;
+        if (values_in_place && half) {
+            FN(accumulate_values)(REAL_IS_FLOAT, w.scores, width, nk, nq, value_tile,
+                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc);
+        } else if (values_in_place) {
+            FN(accumulate_values)(0, w.scores, width, nk, nq, value_tile,
                                   job->value_row_stride, value_dim_pad, w.rescale, w.acc);
         } else {
             FN(pack_values)(job, k0, nk, value_dim_pad, w.packed_value);
-            FN(accumulate_values)(w.scores, width, nk, nq, w.packed_value, value_dim_pad,
+            FN(accumulate_values)(0, w.scores, width, nk, nq, w.packed_value, value_dim_pad,
                                   value_dim_pad, w.rescale, w.acc);
         }
     }

@@ -385,6 +385,19 @@ FA_INLINE double hsum_f64(vf64 v) {
 }
 #endif
 
+/* One vector of float from float16 storage. */
+FA_INLINE vf32 load_half_f32(const uint16_t *p) {
+#if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX512)
+    return (vf32)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
+    return (vf32)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    float t[FA_LANES_F32];
+    for (int i = 0; i < FA_LANES_F32; ++i) t[i] = half_to_float(p[i]);
+    return load_f32(t);
+#endif
+}
+
 /* Query rows up to which a tile takes the decoding path (scores as dot products
  * along the head dim, the key's row loaded once for all rows) instead of the
  * outer-product micro-kernel, whose one-vector-wide tiles are mostly padding. */
