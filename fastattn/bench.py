@@ -38,7 +38,7 @@ def _import_torch(threads):
     return torch
 
 
-def _interleaved_medians(contenders, repeats, block_seconds=0.05):
+def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds=0.0):
     """Median seconds per call of each contender, timed round-robin.
 
     Each round times a block of back-to-back calls per contender (at least
@@ -63,6 +63,10 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05):
                 # OpenBLAS workers busy-wait ~0.1 s after a call, and a long call
                 # leaves gigabytes of scores to give back: let both settle
                 time.sleep(0.15 if elapsed < 0.5 else 1.0)
+            elif settle_seconds:
+                # torch's OpenMP and onnxruntime's pool spin for a while after a
+                # call: on 2 cores they would take them from whoever runs next
+                time.sleep(settle_seconds)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -310,7 +314,7 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "fl
                     contenders["onnxruntime"] = lambda: session.run(None, feeds)
                 except Exception as err:
                     print(f"  onnxruntime skipped: {str(err).splitlines()[0][:60]}")
-            medians = _interleaved_medians(contenders, repeats)
+            medians = _interleaved_medians(contenders, repeats, settle_seconds=0.25)
             seconds = medians["fastattn"]
             rate = (k_cache.nbytes + v_cache.nbytes) / seconds
             row = {"cache": dtype_name, "batch": batch, "heads": (q_heads, kv_heads),
