@@ -1,0 +1,48 @@
+"""Decoding over a KV cache: memory-bound, so tracked as bytes per second and as a
+share of this machine's read bandwidth measured in the same process.
+
+    asv run --python=same --quick -b bench_decode
+"""
+import numpy as np
+
+import fastattn
+from fastattn.bench import read_bandwidth
+
+from .common import Benchmark
+
+# B = 1, 32 query heads over 8 KV heads (GQA), D = 128, one new token
+BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, CACHE = 1, 32, 8, 128, 8192
+
+
+class DecodeBandwidth(Benchmark):
+    """attention_with_kvcache, Lq = 1, S = 8192, float32 and float16 caches."""
+    params = [["float32", "float16"]]
+    param_names = ["cache_dtype"]
+
+    def setup(self, cache_dtype):
+        rng = np.random.default_rng(0)
+        shape = (BATCH, KV_HEADS, CACHE, HEAD_DIM)
+        self.query = rng.standard_normal((BATCH, Q_HEADS, 1, HEAD_DIM), dtype=np.float32)
+        self.key_cache = rng.standard_normal(shape, dtype=np.float32).astype(cache_dtype)
+        self.value_cache = rng.standard_normal(shape, dtype=np.float32).astype(cache_dtype)
+
+    def _seconds(self, repeats=20):
+        import time
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fastattn.attention_with_kvcache(self.query, self.key_cache, self.value_cache, CACHE)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def time_decode(self, cache_dtype):
+        fastattn.attention_with_kvcache(self.query, self.key_cache, self.value_cache, CACHE)
+
+    def track_decode_gb_per_s(self, cache_dtype):
+        return (self.key_cache.nbytes + self.value_cache.nbytes) / self._seconds() / 1e9
+    track_decode_gb_per_s.unit = "GB/s"
+
+    def track_decode_share_of_read_bandwidth(self, cache_dtype):
+        rate = (self.key_cache.nbytes + self.value_cache.nbytes) / self._seconds()
+        return 100 * rate / read_bandwidth(fastattn._sdpa.max_threads())
+    track_decode_share_of_read_bandwidth.unit = "% of read bandwidth"
