@@ -139,6 +139,12 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
         }
     for (ptrdiff_t j = 0; j < n_keys; ++j) {
         VREAL v[FA_MAX_BLOCK_VECS];
+#if FA_PREFETCH_KEYS
+        /* this block's columns of the value row a few keys on */
+        for (ptrdiff_t b = 0; b < vecs * LANES * (half ? 2 : (ptrdiff_t)sizeof(REAL)); b += 64)
+            __builtin_prefetch((const char *)value + (j + FA_PREFETCH_KEYS) * value_row *
+                               (half ? 2 : (ptrdiff_t)sizeof(REAL)) + b);
+#endif
 #pragma GCC unroll 8
         for (int c = 0; c < vecs; ++c) v[c] = FA_LOAD_KV(half, value, j * value_row + c * LANES);
 #pragma GCC unroll 8
@@ -201,6 +207,12 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
 #pragma GCC unroll 8
         for (int r = 0; r < rows; ++r) a0[r] = a1[r] = VSPLAT(0);
         const ptrdiff_t k0 = j * key_row, k1 = k0 + key_row;
+#if FA_PREFETCH_KEYS
+        /* the keys a few rows on, from memory (the tile streams through once) */
+        for (ptrdiff_t b = 0; b < 2 * key_row * (half ? 2 : (ptrdiff_t)sizeof(REAL)); b += 64)
+            __builtin_prefetch((const char *)key + (k0 + FA_PREFETCH_KEYS * key_row) *
+                               (half ? 2 : (ptrdiff_t)sizeof(REAL)) + b);
+#endif
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
             const VREAL x0 = FA_LOAD_KV(half, key, k0 + c), x1 = FA_LOAD_KV(half, key, k1 + c);
 #pragma GCC unroll 8

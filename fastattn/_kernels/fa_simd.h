@@ -402,5 +402,9 @@ FA_INLINE vf32 load_half_f32(const uint16_t *p) {
  * along the head dim, the key's row loaded once for all rows) instead of the
  * outer-product micro-kernel, whose one-vector-wide tiles are mostly padding. */
 #define FA_DECODE_MAX_ROWS 8
+/* Software prefetch this many keys ahead on the decoding path (0: none). */
+#ifndef FA_PREFETCH_KEYS
+#  define FA_PREFETCH_KEYS 12
+#endif
 
 #endif /* FA_SIMD_H */
