@@ -142,7 +142,7 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
 #if FA_PREFETCH_KEYS
         /* this block's columns of the value row a few keys on */
         for (ptrdiff_t b = 0; b < vecs * LANES * (half ? 2 : (ptrdiff_t)sizeof(REAL)); b += 64)
-            __builtin_prefetch((const char *)value + (j + FA_PREFETCH_KEYS) * value_row *
+            FA_PREFETCH((const char *)value + (j + FA_PREFETCH_KEYS) * value_row *
                                (half ? 2 : (ptrdiff_t)sizeof(REAL)) + b);
 #endif
 #pragma GCC unroll 8
@@ -210,7 +210,7 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
 #if FA_PREFETCH_KEYS
         /* the keys a few rows on, from memory (the tile streams through once) */
         for (ptrdiff_t b = 0; b < 2 * key_row * (half ? 2 : (ptrdiff_t)sizeof(REAL)); b += 64)
-            __builtin_prefetch((const char *)key + (k0 + FA_PREFETCH_KEYS * key_row) *
+            FA_PREFETCH((const char *)key + (k0 + FA_PREFETCH_KEYS * key_row) *
                                (half ? 2 : (ptrdiff_t)sizeof(REAL)) + b);
 #endif
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {

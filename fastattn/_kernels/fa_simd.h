@@ -406,5 +406,10 @@ FA_INLINE vf32 load_half_f32(const uint16_t *p) {
 #ifndef FA_PREFETCH_KEYS
 #  define FA_PREFETCH_KEYS 12
 #endif
+#if defined(__GNUC__) || defined(__clang__)
+#  define FA_PREFETCH(address) __builtin_prefetch(address)
+#else
+#  define FA_PREFETCH(address) ((void)0)
+#endif
 
 #endif /* FA_SIMD_H */
