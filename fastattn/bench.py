@@ -213,17 +213,20 @@ def run_window(torch, threads, repeats, windows=(256, 512, 1024),
 
 def read_bandwidth(threads, mebibytes=512, repeats=5):
     """Bytes per second this machine streams from memory with ``threads`` threads:
-    the best of ``repeats`` sums of a ``mebibytes`` float32 array, cut into one
-    slice per thread (NumPy's reductions release the GIL)."""
+    the best of ``repeats`` bitwise-OR reductions of a ``mebibytes`` array of
+    64-bit integers, one slice per thread (NumPy releases the GIL; an integer OR
+    costs nothing next to the memory, where a float sum's pairwise adds would
+    not: measured here, 18.6 GB/s against 13.5 for np.sum and 18.1 for torch's
+    2-thread sum)."""
     from concurrent.futures import ThreadPoolExecutor
-    data = np.ones(mebibytes * MIB // 4, dtype=np.float32)
+    data = np.ones(mebibytes * MIB // 8, dtype=np.uint64)
     slices = np.array_split(data, threads)
     best = 0.0
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(np.sum, slices))                      # pages in, threads up
+        list(pool.map(np.bitwise_or.reduce, slices))       # pages in, threads up
         for _ in range(repeats):
             start = time.perf_counter()
-            list(pool.map(np.sum, slices))
+            list(pool.map(np.bitwise_or.reduce, slices))
             best = max(best, data.nbytes / (time.perf_counter() - start))
     return best
 
@@ -270,7 +273,7 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "fl
     on the same data (checked against ours before timing)."""
     bandwidth = read_bandwidth(threads)
     print(f"\ndecode over a KV cache, Lq = 1: read bandwidth measured now ({threads} threads, "
-          f"512 MiB sum): {bandwidth / 1e9:.1f} GB/s")
+          f"OR-reduction of 512 MiB): {bandwidth / 1e9:.1f} GB/s")
     header = (f"{'cache':>7} {'B':>2} {'Hq/Hkv':>6} {'D':>4} {'S':>6} {'fastattn ms':>12} "
               f"{'GB/s':>6} {'% bw':>5} {'torch ms':>9} {'onnxrt ms':>10} {'vs torch':>9} "
               f"{'vs onnxrt':>10}")
