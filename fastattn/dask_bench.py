@@ -94,9 +94,11 @@ def run_throughput(batch, heads, length, head_dim, dtype, repeats, worker_counts
     medians = {}
     for n_workers in worker_counts:
         with _cluster(n_workers) as cluster, Client(cluster) as client:
-            q, k, v = (_random(shape, chunks, dtype, seed) for seed in (1, 2, 3))
-            q, k, v = client.persist([q, k, v])
-            wait([q, k, v])
+            # q, k and v of one batch element made in one block, so that they live on
+            # the same worker and a task moves no input across processes
+            qkv = client.persist(_random((3,) + shape, (3,) + chunks, dtype, 1))
+            wait(qkv)
+            q, k, v = qkv[0], qkv[1], qkv[2]
             warm = fdask.scaled_dot_product_attention(q[:1, :1, :64], k[:1, :1, :64],
                                                       v[:1, :1, :64])
             client.compute(warm).result()
