@@ -111,6 +111,42 @@ def _thread_count(num_threads):
     return int(num_threads)
 
 
+def _attention_shapes(q_shape, k_shape, v_shape, enable_gqa):
+    """Check the shapes of query (..., L, E), key (..., S, E) and value (..., S, Ev)
+    (any arrays with a shape: NumPy, Dask); returns (L, E, S, Ev, head_repeats,
+    batch_shape), head_repeats {"key": g, "value": g} (GQA) and batch_shape the
+    broadcast leading dims, key/value heads counted after repetition."""
+    for name, shape, dims in (("query", q_shape, "(..., L, E)"), ("key", k_shape, "(..., S, E)"),
+                              ("value", v_shape, "(..., S, Ev)")):
+        if len(shape) < 2:
+            raise ValueError(f"{name} must have shape {dims}, got shape {shape}")
+    if q_shape[-1] != k_shape[-1]:
+        raise ValueError(f"query and key must have the same last dimension E, got "
+                         f"query shape {q_shape} and key shape {k_shape}")
+    if k_shape[-2] != v_shape[-2]:
+        raise ValueError(f"key and value must have the same number of keys S (dim -2), "
+                         f"got key shape {k_shape} and value shape {v_shape}")
+    head_repeats = {"key": 1, "value": 1}
+    leads = {"query": q_shape[:-2], "key": k_shape[:-2], "value": v_shape[:-2]}
+    if enable_gqa:
+        if min(len(q_shape), len(k_shape), len(v_shape)) < 3:
+            raise ValueError(f"enable_gqa needs a heads dimension (dim -3) in query, key and "
+                             f"value, got shapes {q_shape}, {k_shape} and {v_shape}")
+        for name, shape in (("key", k_shape), ("value", v_shape)):
+            if shape[-3] == 0 or q_shape[-3] % shape[-3]:
+                raise ValueError(
+                    f"enable_gqa: query heads ({q_shape[-3]}) must be a multiple of {name} "
+                    f"heads ({shape[-3]}); shapes query {q_shape}, {name} {shape}")
+            head_repeats[name] = q_shape[-3] // shape[-3]
+            leads[name] = leads[name][:-1] + (leads[name][-1] * head_repeats[name],)
+    try:
+        batch_shape = np.broadcast_shapes(*leads.values())
+    except ValueError:
+        raise ValueError(f"the leading (batch, head) dimensions of query {q_shape}, key "
+                         f"{k_shape} and value {v_shape} do not broadcast together") from None
+    return (q_shape[-2], q_shape[-1], v_shape[-2], v_shape[-1], head_repeats, batch_shape)
+
+
 _ALIGNMENTS = ("top_left", "bottom_right")
 
 
@@ -338,40 +374,8 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         q = q.astype(np.float32)
         if out is not None:
             raise TypeError("out= needs a float32 or float64 query")
-    for name, array, dims in (("query", q, "(..., L, E)"), ("key", k, "(..., S, E)"),
-                              ("value", v, "(..., S, Ev)")):
-        if array.ndim < 2:
-            raise ValueError(f"{name} must have shape {dims}, got shape {array.shape}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"query and key must have the same last dimension E, got "
-                         f"query shape {q.shape} and key shape {k.shape}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"key and value must have the same number of keys S (dim -2), "
-                         f"got key shape {k.shape} and value shape {v.shape}")
-    n_queries, head_dim = q.shape[-2:]
-    n_keys, value_dim = v.shape[-2:]
-
-    head_repeats = {"key": 1, "value": 1}
-    if enable_gqa:
-        if min(q.ndim, k.ndim, v.ndim) < 3:
-            raise ValueError(f"enable_gqa needs a heads dimension (dim -3) in query, key and "
-                             f"value, got shapes {q.shape}, {k.shape} and {v.shape}")
-        for name, array in (("key", k), ("value", v)):
-            if array.shape[-3] == 0 or q.shape[-3] % array.shape[-3]:
-                raise ValueError(
-                    f"enable_gqa: query heads ({q.shape[-3]}) must be a multiple of {name} "
-                    f"heads ({array.shape[-3]}); shapes query {q.shape}, {name} {array.shape}")
-            head_repeats[name] = q.shape[-3] // array.shape[-3]
-    lead_k = k.shape[:-2]
-    lead_v = v.shape[:-2]
-    if enable_gqa:
-        lead_k = lead_k[:-1] + (lead_k[-1] * head_repeats["key"],)
-        lead_v = lead_v[:-1] + (lead_v[-1] * head_repeats["value"],)
-    try:
-        batch_shape = np.broadcast_shapes(q.shape[:-2], lead_k, lead_v)
-    except ValueError:
-        raise ValueError(f"the leading (batch, head) dimensions of query {q.shape}, key "
-                         f"{k.shape} and value {v.shape} do not broadcast together") from None
+    n_queries, head_dim, n_keys, value_dim, head_repeats, batch_shape = _attention_shapes(
+        q.shape, k.shape, v.shape, enable_gqa)
 
     mask, mask_kind = None, _sdpa.MASK_NONE
     if attn_mask is not None:

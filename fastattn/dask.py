@@ -181,39 +181,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
         raise TypeError(f"query, key and value must have the same dtype, got "
                         f"{q.dtype}, {k.dtype} and {v.dtype}")
     dtype = np.dtype(q.dtype)
-    for name, x, dims in (("query", q, "(..., L, E)"), ("key", k, "(..., S, E)"),
-                          ("value", v, "(..., S, Ev)")):
-        if x.ndim < 2:
-            raise ValueError(f"{name} must have shape {dims}, got shape {x.shape}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"query and key must have the same last dimension E, got "
-                         f"query shape {q.shape} and key shape {k.shape}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"key and value must have the same number of keys S (dim -2), "
-                         f"got key shape {k.shape} and value shape {v.shape}")
-    n_queries, head_dim = q.shape[-2:]
-    n_keys, value_dim = v.shape[-2:]
-
-    repeats = {"key": 1, "value": 1}
-    if enable_gqa:
-        if min(q.ndim, k.ndim, v.ndim) < 3:
-            raise ValueError(f"enable_gqa needs a heads dimension (dim -3) in query, key and "
-                             f"value, got shapes {q.shape}, {k.shape} and {v.shape}")
-        for name, x in (("key", k), ("value", v)):
-            if x.shape[-3] == 0 or q.shape[-3] % x.shape[-3]:
-                raise ValueError(
-                    f"enable_gqa: query heads ({q.shape[-3]}) must be a multiple of {name} "
-                    f"heads ({x.shape[-3]}); shapes query {q.shape}, {name} {x.shape}")
-            repeats[name] = q.shape[-3] // x.shape[-3]
-    leads = {"query": q.shape[:-2], "key": k.shape[:-2], "value": v.shape[:-2]}
-    if enable_gqa:
-        for name in ("key", "value"):
-            leads[name] = leads[name][:-1] + (leads[name][-1] * repeats[name],)
-    try:
-        batch_shape = np.broadcast_shapes(*leads.values())
-    except ValueError:
-        raise ValueError(f"the leading (batch, head) dimensions of query {q.shape}, key "
-                         f"{k.shape} and value {v.shape} do not broadcast together") from None
+    n_queries, head_dim, n_keys, value_dim, repeats, batch_shape = _attention._attention_shapes(
+        q.shape, k.shape, v.shape, enable_gqa)
     n_lead = len(batch_shape)
 
     mask = None
