@@ -51,6 +51,14 @@ def _float_array(x, name, allow_half=False):
     return array
 
 
+def _broadcasts_to(shape, target_shape):
+    """Whether an array of ``shape`` broadcasts to exactly ``target_shape``."""
+    try:
+        return np.broadcast_shapes(shape, target_shape) == tuple(target_shape)
+    except ValueError:
+        return False
+
+
 def _check_mask(attn_mask, dtype, target_shape):
     """The mask as an array broadcast to ``target_shape`` (a view), and its kind."""
     mask = np.asarray(attn_mask)
@@ -66,11 +74,7 @@ def _check_mask(attn_mask, dtype, target_shape):
         raise ValueError("attn_mask must have at least 1 dimension, got a scalar")
     if not mask.flags.aligned:
         mask = mask.copy()
-    try:
-        shape = np.broadcast_shapes(mask.shape, target_shape)
-    except ValueError:
-        shape = None
-    if shape != target_shape:
+    if not _broadcasts_to(mask.shape, target_shape):
         raise ValueError(
             f"attn_mask of shape {mask.shape} does not broadcast to the attention "
             f"shape (..., L, S) = {target_shape}")
@@ -200,11 +204,7 @@ def _check_alibi_slopes(alibi_slopes, batch_shape, query_shape):
     if slopes.dtype == np.bool_ or slopes.dtype.kind not in "fiu":
         raise TypeError(f"alibi_slopes must be a real (float or int) array, got dtype "
                         f"{slopes.dtype}")
-    try:
-        shape = np.broadcast_shapes(slopes.shape, batch_shape)
-    except ValueError:
-        shape = None
-    if shape != batch_shape:
+    if not _broadcasts_to(slopes.shape, batch_shape):
         raise ValueError(
             f"alibi_slopes of shape {slopes.shape} does not broadcast to the batch and head "
             f"dims {batch_shape} of the attention (query shape {query_shape}); give one "

@@ -193,11 +193,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
         if mask.ndim == 0:
             raise ValueError("attn_mask must have at least 1 dimension, got a scalar")
         target = batch_shape + (n_queries, n_keys)
-        try:
-            broadcast = np.broadcast_shapes(mask.shape, target)
-        except ValueError:
-            broadcast = None
-        if broadcast != target:
+        if not _attention._broadcasts_to(mask.shape, target):
             raise ValueError(
                 f"attn_mask of shape {mask.shape} does not broadcast to the attention "
                 f"shape (..., L, S) = {target}")
