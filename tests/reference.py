@@ -86,3 +86,49 @@ def reference_attention_full(query, key, value, attn_mask=None, is_causal=False,
         lse = np.where(total > 0, row_max + np.log(total), -np.inf)[..., 0]
     weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
     return np.matmul(weights, v), weights, lse
+
+
+def _sum_to_shape(array, shape):
+    """Sum ``array`` over the dims that were broadcast from ``shape``."""
+    lead = array.ndim - len(shape)
+    array = array.sum(axis=tuple(range(lead))) if lead else array
+    axes = tuple(d for d, n in enumerate(shape) if n == 1 and array.shape[d] != 1)
+    return array.sum(axis=axes, keepdims=True) if axes else array
+
+
+def reference_attention_backward(grad_output, query, key, value, attn_mask=None,
+                                 is_causal=False, scale=None, enable_gqa=False, window=None,
+                                 causal_alignment="top_left", softcap=None, alibi_slopes=None):
+    """(grad_query, grad_key, grad_value) of ``reference_attention`` in float64, by the
+    chain rule through the full matrices: dV = P^T dO; dP = dO V^T;
+    dS = P * (dP - rowsum(dP * P)); through softcap, dS *= 1 - tanh^2; dQ = dS K scale,
+    dK = dS^T Q scale; GQA and broadcast dims summed back to each input's shape."""
+    q = np.asarray(query, dtype=np.float64)
+    k = np.asarray(key, dtype=np.float64)
+    v = np.asarray(value, dtype=np.float64)
+    d_out = np.asarray(grad_output, dtype=np.float64)
+    _, weights, _ = reference_attention_full(
+        q, k, v, attn_mask, is_causal, scale, enable_gqa, window=window,
+        causal_alignment=causal_alignment, softcap=softcap, alibi_slopes=alibi_slopes)
+    k_heads, v_heads = k.shape[:-2], v.shape[:-2]
+    if enable_gqa:
+        k = np.repeat(k, q.shape[-3] // k.shape[-3], axis=-3)
+        v = np.repeat(v, q.shape[-3] // v.shape[-3], axis=-3)
+    if scale is None:
+        scale = 1.0 / np.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
+    grad_value = np.matmul(np.swapaxes(weights, -1, -2), d_out)
+    grad_weights = np.matmul(d_out, np.swapaxes(v, -1, -2))
+    grad_scores = weights * (grad_weights - (grad_weights * weights).sum(-1, keepdims=True))
+    if softcap is not None:
+        raw = np.matmul(q, np.swapaxes(k, -1, -2)) * scale
+        grad_scores = grad_scores * (1 - np.tanh(raw / softcap) ** 2)
+    grad_query = np.matmul(grad_scores, k) * scale
+    grad_key = np.matmul(np.swapaxes(grad_scores, -1, -2), q) * scale
+
+    def back_to(grad, shape, heads):
+        if enable_gqa and grad.shape[-3] != heads[-1]:   # sum each group's query heads
+            grad = grad.reshape(grad.shape[:-3] + (heads[-1], -1) + grad.shape[-2:]).sum(-3)
+        return _sum_to_shape(grad, shape)
+
+    return (_sum_to_shape(grad_query, q.shape), back_to(grad_key, k_heads + k.shape[-2:], k_heads),
+            back_to(grad_value, v_heads + v.shape[-2:], v_heads))
