@@ -24,6 +24,7 @@ from fastattn._version import __version__
 from fastattn.attention import (
     merge_attention,
     scaled_dot_product_attention,
+    scaled_dot_product_attention_backward,
     scaled_dot_product_attention_with_weights,
 )
 from fastattn._config import show_config
@@ -34,6 +35,7 @@ __all__ = [
     "__version__",
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_with_weights",
+    "scaled_dot_product_attention_backward",
     "merge_attention",
     "attention_with_kvcache",
     "show_config",

@@ -40,6 +40,18 @@ cdef extern from "fa_attention.h" nogil:
         Py_ssize_t tile_queries, tile_keys
         double scale
 
+    ctypedef struct fa_backward_job:
+        fa_job forward
+        const void *grad_out
+        Py_ssize_t grad_out_row_stride, grad_out_col_stride
+        const void *delta
+        void *grad_query
+        Py_ssize_t grad_query_row_stride
+        void *grad_key
+        Py_ssize_t grad_key_row_stride
+        void *grad_value
+        Py_ssize_t grad_value_row_stride
+
     ctypedef struct fa_linear_job:
         const void *x
         Py_ssize_t x_row_stride, x_col_stride
@@ -51,6 +63,7 @@ cdef extern from "fa_attention.h" nogil:
         Py_ssize_t depth
 
     ctypedef void (*fa_attend_fn)(const fa_job *job, void *scratch) noexcept nogil
+    ctypedef void (*fa_backward_fn)(const fa_backward_job *job, void *scratch) noexcept nogil
     ctypedef void (*fa_merge_fn)(Py_ssize_t n_parts, const void *part_out, const void *part_lse,
                                  Py_ssize_t part_out_stride, Py_ssize_t part_lse_stride,
                                  Py_ssize_t n_rows, Py_ssize_t value_dim, void *out,
@@ -67,6 +80,8 @@ cdef extern from "fa_attention.h" nogil:
         int lanes_f32, lanes_f64
         fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64
         fa_attend_fn attend_f32, attend_f64
+        fa_scratch_bytes_fn backward_scratch_bytes_f32, backward_scratch_bytes_f64
+        fa_backward_fn backward_f32, backward_f64
         fa_merge_fn merge_f32, merge_f64
         fa_linear_scratch_fn linear_scratch_bytes_f32, linear_scratch_bytes_f64
         fa_linear_fn linear_f32, linear_f64

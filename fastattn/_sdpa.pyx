@@ -6,14 +6,16 @@ driver cuts the problem into jobs (one query tile of one batch-and-head each),
 hands them to an OpenMP loop with one O(tile) scratch buffer per thread, and
 calls the C kernel of the chosen instruction set for each job, without the GIL.
 """
+import math
+
 cimport numpy as cnp
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 
 from fastattn._kernels cimport (
     FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_STORAGE_F16, FA_STORAGE_NATIVE,
-    FA_UNBOUNDED, fa_attend_fn, fa_cpu_supports, fa_merge_fn, fa_thread_scratch,
-    fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
+    FA_UNBOUNDED, fa_attend_fn, fa_backward_fn, fa_backward_job, fa_cpu_supports, fa_merge_fn,
+    fa_thread_scratch, fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
     fa_openmp_enabled, fa_openmp_max_threads,
 )
 
@@ -73,9 +75,20 @@ cdef class Problem:
     (rows_per_position > 1: the rows of a GQA group's heads, position-major).
     ``n_splits`` > 1 splits each job's keys into that many chunks run in parallel
     and merged by log-sum-exp (split-KV; no weights then).
+
+    The backward pass (:func:`attend_backward`) reads the same fields, with ``lse``
+    the forward's, plus ``grad_out`` (*batch, L, Ev), ``delta`` (*batch, L),
+    contiguous: rowsum(grad_out * out), and writes ``grad_query`` (*batch, L, E'),
+    ``grad_key`` (n_splits, *key batch, S, E') and ``grad_value`` (n_splits, *value
+    batch, S, Ev'), C-contiguous, zeroed, rows padded to whole vectors (E', Ev'),
+    the batch dims those of ``batch_shape`` with the GQA heads of key and value
+    (never broadcast: each slice belongs to one job). There ``n_splits`` deals the
+    query tiles of a head to that many parts, each adding to its own slice of
+    ``grad_key`` and ``grad_value``, which the caller sums.
     """
     cdef public object query, key, value, out, mask, weights, lse, alibi_slopes
     cdef public object key_lengths, query_offsets
+    cdef public object grad_out, delta, grad_query, grad_key, grad_value
     cdef public tuple batch_shape, head_repeats
     cdef public int mask_kind, kv_storage
     cdef public Py_ssize_t n_queries, n_keys, head_dim, value_dim
@@ -93,7 +106,8 @@ cdef class Problem:
                  Py_ssize_t query_offset=0, Py_ssize_t rows_per_position=1,
                  Py_ssize_t window_left=FA_UNBOUNDED, Py_ssize_t window_right=FA_UNBOUNDED,
                  double softcap=0.0, alibi_slopes=None, key_lengths=None, query_offsets=None,
-                 Py_ssize_t n_splits=1):
+                 Py_ssize_t n_splits=1, grad_out=None, delta=None, grad_query=None,
+                 grad_key=None, grad_value=None):
         self.query, self.key, self.value, self.out = query, key, value, out
         self.batch_shape, self.head_repeats = tuple(batch_shape), head_repeats
         # (wraparound is off: no negative indices in this module)
@@ -108,11 +122,14 @@ cdef class Problem:
         self.window_left, self.window_right = window_left, window_right
         self.softcap, self.alibi_slopes = softcap, alibi_slopes
         self.key_lengths, self.query_offsets = key_lengths, query_offsets
+        self.grad_out, self.delta, self.grad_query = grad_out, delta, grad_query
+        self.grad_key, self.grad_value = grad_key, grad_value
 
 
 cdef enum:
     # the operands with batch dims, in the order of batch_layout's tables
-    QUERY, KEY, VALUE, MASK, OUT, WEIGHTS, LSE, ALIBI, KEY_LENGTHS, QUERY_OFFSETS, N_OPERANDS
+    QUERY, KEY, VALUE, MASK, OUT, WEIGHTS, LSE, ALIBI, KEY_LENGTHS, QUERY_OFFSETS,
+    GRAD_OUT, DELTA, GRAD_QUERY, GRAD_KEY, GRAD_VALUE, N_OPERANDS
 
 cdef struct batch_layout:
     # how a flat batch index maps to byte offsets in each operand
@@ -167,6 +184,98 @@ cdef inline void _add_scaled_rows(char *dst, Py_ssize_t dst_row_bytes, const cha
             d32 = <float *>(dst + i * dst_row_bytes)
             for j in range(n_cols):
                 d32[j] = (0 if overwrite else d32[j]) + <float>factor * (<const float *>src)[i * n_cols + j]
+
+
+cdef Py_ssize_t *_fill_layout(Problem problem, Py_ssize_t heads_averaged,
+                              batch_layout *layout) except NULL:
+    """Fill ``layout`` with the batch strides of each operand of ``problem``, in
+    bytes (0 where it broadcasts); returns the C buffer that holds them (free it)."""
+    cdef tuple batch_shape = problem.batch_shape
+    cdef Py_ssize_t n_dims = len(batch_shape), d, which
+    # the backward's gradients of keys and values: split 0's slice stands for all
+    grad_key = None if problem.grad_key is None else problem.grad_key[0]
+    grad_value = None if problem.grad_value is None else problem.grad_value[0]
+    cdef tuple operand_strides = (
+        _batch_strides(problem.query, 2, batch_shape),
+        _batch_strides(problem.key, 2, batch_shape),
+        _batch_strides(problem.value, 2, batch_shape),
+        _batch_strides(problem.mask, 2, batch_shape),
+        _batch_strides(problem.out, 2, batch_shape),
+        # averaged: every head of a group lands on the same (L, S) slice
+        (_batch_strides(problem.weights, 2, batch_shape[:n_dims - 1]) + (0,)
+         if heads_averaged > 1 else _batch_strides(problem.weights, 2, batch_shape)),
+        _batch_strides(problem.lse, 1, batch_shape),
+        _batch_strides(problem.alibi_slopes, 1, batch_shape),
+        _batch_strides(problem.key_lengths, 0, batch_shape),
+        _batch_strides(problem.query_offsets, 0, batch_shape),
+        _batch_strides(problem.grad_out, 2, batch_shape),
+        _batch_strides(problem.delta, 1, batch_shape),
+        _batch_strides(problem.grad_query, 2, batch_shape),
+        _batch_strides(grad_key, 2, batch_shape),
+        _batch_strides(grad_value, 2, batch_shape),
+    )
+    cdef Py_ssize_t key_repeats = problem.head_repeats[0], value_repeats = problem.head_repeats[1]
+    cdef tuple head_divisors = (1, key_repeats, value_repeats, 1, 1, 1, 1, 1, 1, 1,
+                                1, 1, 1, key_repeats, value_repeats)
+    # sizes, then the batch strides of each operand, in one small C buffer
+    cdef Py_ssize_t *dims = <Py_ssize_t *>malloc(
+        ((N_OPERANDS + 1) * n_dims + 1) * sizeof(Py_ssize_t))
+    if dims == NULL:
+        raise MemoryError()
+    layout.n_dims = n_dims
+    layout.sizes = dims
+    for d in range(n_dims):
+        dims[d] = batch_shape[d]
+    for which in range(N_OPERANDS):
+        layout.strides[which] = dims + (which + 1) * n_dims
+        layout.head_divisor[which] = head_divisors[which]
+        for d in range(n_dims):
+            dims[(which + 1) * n_dims + d] = operand_strides[which][d]
+    return dims
+
+
+cdef void _fill_template(Problem problem, fa_job *template):
+    """The fields every job of ``problem`` shares; the per-job ones (pointers at a
+    batch entry, the query tile) are set by the job runners."""
+    query = problem.query
+    cdef Py_ssize_t itemsize = query.dtype.itemsize
+    cdef Py_ssize_t kv_itemsize = problem.key.dtype.itemsize
+    cdef bint is_bool_mask = problem.mask_kind == FA_MASK_BOOL
+    template.query = _data(query)
+    template.key = _data(problem.key)
+    template.value = _data(problem.value)
+    template.out = <void *>_data(problem.out)
+    template.mask = _data(problem.mask)
+    template.weights = <void *>_data(problem.weights)
+    template.lse = <void *>_data(problem.lse)
+    template.query_row_stride = _stride(query, 2, itemsize)
+    template.query_col_stride = _stride(query, 1, itemsize)
+    template.key_row_stride = _stride(problem.key, 2, kv_itemsize)
+    template.key_col_stride = _stride(problem.key, 1, kv_itemsize)
+    template.value_row_stride = _stride(problem.value, 2, kv_itemsize)
+    template.value_col_stride = _stride(problem.value, 1, kv_itemsize)
+    template.kv_storage = problem.kv_storage
+    template.out_row_stride = _stride(problem.out, 2, itemsize)
+    template.weights_row_stride = _stride(problem.weights, 2, itemsize)
+    template.mask_kind = problem.mask_kind
+    # a bool mask is one byte per entry, a float mask has the query's dtype
+    template.mask_row_stride = _stride(problem.mask, 2, 1 if is_bool_mask else itemsize)
+    template.mask_col_stride = _stride(problem.mask, 1, 1 if is_bool_mask else itemsize)
+    template.query_offset = problem.query_offset
+    template.rows_per_position = problem.rows_per_position
+    template.window_left = problem.window_left
+    template.window_right = problem.window_right
+    template.softcap = problem.softcap
+    template.alibi_slopes = NULL
+    template.split_index = 0
+    template.n_splits = max(1, problem.n_splits)
+    template.n_queries = problem.n_queries      # the job runners narrow it to one tile
+    template.n_keys = problem.n_keys
+    template.head_dim = problem.head_dim
+    template.value_dim = problem.value_dim
+    template.tile_queries = problem.tile_queries
+    template.tile_keys = problem.tile_keys
+    template.scale = problem.scale
 
 
 cdef struct job_plan:
@@ -256,12 +365,11 @@ def attend(Problem problem):
     cdef size_t scratch_bytes = (table.scratch_bytes_f64 if is_f64 else table.scratch_bytes_f32)(
         tile_queries, problem.tile_keys, problem.head_dim, problem.value_dim)
     cdef tuple batch_shape = problem.batch_shape
-    cdef Py_ssize_t n_dims = len(batch_shape), d, which
+    cdef Py_ssize_t n_dims = len(batch_shape), d
     cdef Py_ssize_t n_batch = 1
     for d in range(n_dims):
         n_batch *= <Py_ssize_t>batch_shape[d]
     cdef bint with_weights = problem.weights is not None
-    cdef bint is_bool_mask = problem.mask_kind == FA_MASK_BOOL
     cdef Py_ssize_t heads_averaged = batch_shape[n_dims - 1] if (
         problem.average_heads and with_weights and n_dims > 0) else 1
     cdef Py_ssize_t n_groups = n_batch // heads_averaged if heads_averaged else 0
@@ -269,81 +377,14 @@ def attend(Problem problem):
     cdef Py_ssize_t n_tiles = (n_queries + tile_queries - 1) // tile_queries
     cdef Py_ssize_t n_splits = max(1, problem.n_splits)
     cdef Py_ssize_t n_jobs = n_groups * n_tiles * n_splits
-    cdef Py_ssize_t kv_itemsize = problem.key.dtype.itemsize
     cdef size_t head_weights_bytes = tile_queries * n_keys * itemsize if heads_averaged > 1 else 0
     if n_jobs == 0 or (problem.value_dim == 0 and not with_weights and problem.lse is None):
         return
 
-    # the batch strides of each operand, in bytes (0 where it broadcasts)
-    cdef tuple operand_strides = (
-        _batch_strides(problem.query, 2, batch_shape),
-        _batch_strides(problem.key, 2, batch_shape),
-        _batch_strides(problem.value, 2, batch_shape),
-        _batch_strides(problem.mask, 2, batch_shape),
-        _batch_strides(problem.out, 2, batch_shape),
-        # averaged: every head of a group lands on the same (L, S) slice
-        (_batch_strides(problem.weights, 2, batch_shape[:n_dims - 1]) + (0,)
-         if heads_averaged > 1 else _batch_strides(problem.weights, 2, batch_shape)),
-        _batch_strides(problem.lse, 1, batch_shape),
-        _batch_strides(problem.alibi_slopes, 1, batch_shape),
-        _batch_strides(problem.key_lengths, 0, batch_shape),
-        _batch_strides(problem.query_offsets, 0, batch_shape),
-    )
-    cdef tuple head_divisors = (1, problem.head_repeats[0], problem.head_repeats[1],
-                                1, 1, 1, 1, 1, 1, 1)
-    # sizes, then the batch strides of each operand, in one small C buffer
-    cdef Py_ssize_t *dims = <Py_ssize_t *>malloc(
-        ((N_OPERANDS + 1) * n_dims + 1) * sizeof(Py_ssize_t))
-    if dims == NULL:
-        raise MemoryError()
     cdef batch_layout layout
-    layout.n_dims = n_dims
-    layout.sizes = dims
-    for d in range(n_dims):
-        dims[d] = batch_shape[d]
-    for which in range(N_OPERANDS):
-        layout.strides[which] = dims + (which + 1) * n_dims
-        layout.head_divisor[which] = head_divisors[which]
-        for d in range(n_dims):
-            dims[(which + 1) * n_dims + d] = operand_strides[which][d]
-
+    cdef Py_ssize_t *dims = _fill_layout(problem, heads_averaged, &layout)
     cdef fa_job template
-    template.query = cnp.PyArray_DATA(query)
-    template.key = _data(problem.key)
-    template.value = _data(problem.value)
-    template.out = <void *>_data(problem.out)
-    template.mask = _data(problem.mask)
-    template.weights = <void *>_data(problem.weights)
-    template.lse = <void *>_data(problem.lse)
-    template.query_row_stride = _stride(query, 2, itemsize)
-    template.query_col_stride = _stride(query, 1, itemsize)
-    template.key_row_stride = _stride(problem.key, 2, kv_itemsize)
-    template.key_col_stride = _stride(problem.key, 1, kv_itemsize)
-    template.value_row_stride = _stride(problem.value, 2, kv_itemsize)
-    template.value_col_stride = _stride(problem.value, 1, kv_itemsize)
-    template.kv_storage = problem.kv_storage
-    template.out_row_stride = _stride(problem.out, 2, itemsize)
-    template.weights_row_stride = _stride(problem.weights, 2, itemsize)
-    template.mask_kind = problem.mask_kind
-    # a bool mask is one byte per entry, a float mask has the query's dtype
-    template.mask_row_stride = _stride(problem.mask, 2, 1 if is_bool_mask else itemsize)
-    template.mask_col_stride = _stride(problem.mask, 1, 1 if is_bool_mask else itemsize)
-    template.query_offset = problem.query_offset
-    template.rows_per_position = problem.rows_per_position
-    template.window_left = problem.window_left
-    template.window_right = problem.window_right
-    template.softcap = problem.softcap
-    template.alibi_slopes = NULL
-    template.split_index = 0
-    template.n_splits = n_splits
-    template.n_queries = n_queries      # _run_job narrows it to one tile
-    template.n_keys = n_keys
-    template.head_dim = problem.head_dim
-    template.value_dim = problem.value_dim
-    template.tile_queries = tile_queries
-    template.tile_keys = problem.tile_keys
-    template.scale = problem.scale
-
+    _fill_template(problem, &template)
     cdef job_plan plan
     plan.n_groups, plan.heads_averaged, plan.n_tiles = n_groups, heads_averaged, n_tiles
     plan.n_splits, plan.n_batch, plan.itemsize = n_splits, n_batch, itemsize
@@ -394,6 +435,114 @@ def attend(Problem problem):
                          if template.lse != NULL else NULL)
     free(plan.part_out)
     free(plan.part_lse)
+    free(dims)
+    if allocation_failed[0]:
+        raise MemoryError(f"fastattn: could not allocate {scratch_bytes} bytes of scratch per thread")
+
+
+cdef struct backward_plan:
+    Py_ssize_t n_groups, group_heads, n_tiles, n_splits
+    Py_ssize_t grad_key_split_bytes, grad_value_split_bytes    # one split's slice to the next
+    const void *alibi_slopes
+
+
+cdef inline void _run_backward_job(const fa_backward_job *template, const backward_plan *plan,
+                                   fa_backward_fn backward, Py_ssize_t job_index,
+                                   const batch_layout *layout, void *scratch) noexcept nogil:
+    """Every query tile dealt to one split, of every head of one group: the query
+    heads that share their key and value heads, whose gradients only this job adds to."""
+    cdef fa_backward_job job = template[0]
+    cdef Py_ssize_t group = job_index % plan.n_groups
+    cdef Py_ssize_t split = job_index // plan.n_groups
+    cdef Py_ssize_t n_queries_total = template.forward.n_queries
+    cdef Py_ssize_t tile_queries = template.forward.tile_queries
+    cdef Py_ssize_t head, batch, tile
+    for head in range(plan.group_heads):
+        batch = group * plan.group_heads + head
+        job.forward.query = <const char *>template.forward.query + _batch_offset(layout, QUERY, batch)
+        job.forward.key = <const char *>template.forward.key + _batch_offset(layout, KEY, batch)
+        job.forward.value = <const char *>template.forward.value + _batch_offset(layout, VALUE, batch)
+        job.forward.lse = <char *>template.forward.lse + _batch_offset(layout, LSE, batch)
+        if template.forward.mask != NULL:
+            job.forward.mask = (<const char *>template.forward.mask
+                                + _batch_offset(layout, MASK, batch))
+        if plan.alibi_slopes != NULL:
+            job.forward.alibi_slopes = <const double *>(<const char *>plan.alibi_slopes
+                                                        + _batch_offset(layout, ALIBI, batch))
+        job.grad_out = <const char *>template.grad_out + _batch_offset(layout, GRAD_OUT, batch)
+        job.delta = <const char *>template.delta + _batch_offset(layout, DELTA, batch)
+        job.grad_query = <char *>template.grad_query + _batch_offset(layout, GRAD_QUERY, batch)
+        job.grad_key = (<char *>template.grad_key + split * plan.grad_key_split_bytes
+                        + _batch_offset(layout, GRAD_KEY, batch))
+        job.grad_value = (<char *>template.grad_value + split * plan.grad_value_split_bytes
+                          + _batch_offset(layout, GRAD_VALUE, batch))
+        # every n_splits-th tile: under a causal mask the parts stay balanced
+        tile = split
+        while tile < plan.n_tiles:
+            job.forward.query_start = tile * tile_queries
+            job.forward.n_queries = min(tile_queries, n_queries_total - job.forward.query_start)
+            backward(&job, scratch)
+            tile += plan.n_splits
+
+
+def attend_backward(Problem problem):
+    """Fill ``problem.grad_query``, add to ``grad_key`` and ``grad_value`` (see
+    :class:`Problem`): the gradients of attention, its probabilities recomputed
+    tile by tile from ``lse``. One job per group of query heads sharing their key
+    and value heads (times ``n_splits``); the heads of a job run one after another."""
+    cdef const fa_kernel_table *table = fa_kernel_table_for(ISA_NAMES.index(problem.isa))
+    cdef bint is_f64 = problem.query.dtype.itemsize == 8
+    cdef fa_backward_fn backward_fn = table.backward_f64 if is_f64 else table.backward_f32
+    cdef size_t scratch_bytes = (table.backward_scratch_bytes_f64 if is_f64
+                                 else table.backward_scratch_bytes_f32)(
+        problem.tile_queries, problem.tile_keys, problem.head_dim, problem.value_dim)
+    cdef tuple batch_shape = problem.batch_shape
+    cdef Py_ssize_t n_batch = 1, d
+    for d in range(len(batch_shape)):
+        n_batch *= <Py_ssize_t>batch_shape[d]
+    cdef Py_ssize_t key_repeats = problem.head_repeats[0], value_repeats = problem.head_repeats[1]
+    cdef Py_ssize_t group_heads = key_repeats * value_repeats // math.gcd(key_repeats, value_repeats)
+    cdef backward_plan plan
+    plan.group_heads = group_heads
+    plan.n_groups = n_batch // group_heads
+    plan.n_tiles = (problem.n_queries + problem.tile_queries - 1) // problem.tile_queries
+    plan.n_splits = max(1, problem.n_splits)
+    plan.grad_key_split_bytes = problem.grad_key.strides[0]
+    plan.grad_value_split_bytes = problem.grad_value.strides[0]
+    plan.alibi_slopes = _data(problem.alibi_slopes)
+    cdef Py_ssize_t n_jobs = plan.n_groups * plan.n_splits
+    if n_jobs == 0 or plan.n_tiles == 0:
+        return
+
+    cdef batch_layout layout
+    cdef Py_ssize_t *dims = _fill_layout(problem, 1, &layout)
+    cdef fa_backward_job template
+    _fill_template(problem, &template.forward)
+    template.forward.n_splits = 1
+    template.grad_out = _data(problem.grad_out)
+    template.grad_out_row_stride = _stride(problem.grad_out, 2, problem.grad_out.dtype.itemsize)
+    template.grad_out_col_stride = _stride(problem.grad_out, 1, problem.grad_out.dtype.itemsize)
+    template.delta = _data(problem.delta)
+    template.grad_query = <void *>_data(problem.grad_query)
+    template.grad_key = <void *>_data(problem.grad_key)
+    template.grad_value = <void *>_data(problem.grad_value)
+    template.grad_query_row_stride = _stride(problem.grad_query, 2, problem.grad_query.dtype.itemsize)
+    template.grad_key_row_stride = _stride(problem.grad_key, 2, problem.grad_key.dtype.itemsize)
+    template.grad_value_row_stride = _stride(problem.grad_value, 2, problem.grad_value.dtype.itemsize)
+
+    cdef int n_threads = <int>min(problem.num_threads, n_jobs)
+    cdef Py_ssize_t job_index
+    cdef void *scratch
+    cdef int allocation_failed[1]
+    allocation_failed[0] = 0
+    with nogil, parallel(num_threads=n_threads):
+        scratch = fa_thread_scratch(scratch_bytes)
+        if scratch == NULL:
+            allocation_failed[0] = 1
+        for job_index in prange(n_jobs, schedule="dynamic"):
+            if not allocation_failed[0]:
+                _run_backward_job(&template, &plan, backward_fn, job_index, &layout, scratch)
+    # end of the nogil parallel block
     free(dims)
     if allocation_failed[0]:
         raise MemoryError(f"fastattn: could not allocate {scratch_bytes} bytes of scratch per thread")

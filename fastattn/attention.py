@@ -14,13 +14,16 @@ import numpy as np
 from fastattn import _sdpa, _simd
 
 __all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_with_weights",
-           "merge_attention"]
+           "scaled_dot_product_attention_backward", "merge_attention"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Query rows and keys per tile. Per-thread scratch is about
 # (head_dim + tile_keys + value_dim) * tile_queries elements.
-_tiles = {"queries": 192, "keys": 256, "band_rows": 0.25, "min_band_rows": 64}
+_tiles = {"queries": 192, "keys": 256, "band_rows": 0.25, "min_band_rows": 64,
+          # the backward pass keeps three tile_keys x tile_queries blocks (P, dS and
+          # softcap's slope) and four packed copies of a query tile in scratch
+          "backward_queries": 128, "backward_keys": 128}
 
 
 @contextlib.contextmanager
@@ -303,6 +306,103 @@ def scaled_dot_product_attention_with_weights(query, key, value, attn_mask=None,
     return (out, weights, lse) if return_lse else (out, weights)
 
 
+def _sum_to_shape(grad, shape):
+    """``grad`` summed over the dims that broadcasting added to ``shape``."""
+    lead = grad.ndim - len(shape)
+    if lead:
+        grad = grad.sum(axis=tuple(range(lead)))
+    axes = tuple(d for d, n in enumerate(shape) if n == 1 and grad.shape[d] != 1)
+    return grad.sum(axis=axes, keepdims=True) if axes else grad
+
+
+def scaled_dot_product_attention_backward(grad_output, query, key, value, output, lse,
+                                          attn_mask=None, is_causal=False, scale=None,
+                                          enable_gqa=False, *, window=None,
+                                          causal_alignment="top_left", softcap=None,
+                                          alibi_slopes=None, num_threads=None):
+    """Gradients of ``scaled_dot_product_attention`` with respect to query, key, value.
+
+    ``output`` and ``lse`` are what ``scaled_dot_product_attention(query, key, value,
+    ..., return_lse=True)`` returned, ``grad_output`` the gradient of the loss with
+    respect to that output; every other argument must be what the forward call was
+    given (the same mask, causal flag, scale, window, softcap, ALiBi slopes).
+
+    Fused, as FlashAttention-2: per tile of keys and queries the softmax
+    probabilities are recomputed from the scores and ``lse``, never stored, so
+    the memory beyond the inputs and gradients is O(tile) per thread (no L x S
+    array), plus a second copy of grad_key and grad_value when the (batch, key
+    head) pairs are fewer than twice the threads and the query tiles are spread
+    over parts. Chain rule through softcap and ALiBi; no gradient for the mask.
+    A query whose keys are all masked gets zero gradients.
+
+    Returns ``(grad_query, grad_key, grad_value)``, C-contiguous, with the shapes
+    and dtype of query, key and value: broadcast leading dims and GQA groups are
+    summed back. float32 and float64; float16 inputs are refused (convert them).
+    Results with 1 and several threads agree to rounding.
+    """
+    arrays = {}
+    for name, array in (("grad_output", grad_output), ("query", query), ("key", key),
+                        ("value", value), ("output", output), ("lse", lse)):
+        arrays[name] = _float_array(array, name)
+    q = arrays["query"]
+    if any(a.dtype != q.dtype for a in arrays.values()):
+        raise TypeError("the backward pass needs grad_output, query, key, value, output and lse "
+                        "of one dtype, float32 or float64; got " +
+                        ", ".join(f"{name} {a.dtype}" for name, a in arrays.items()))
+    k, v = arrays["key"], arrays["value"]
+    fields = _problem_fields(q, k, v, attn_mask, is_causal, scale, enable_gqa, window,
+                             causal_alignment, softcap, alibi_slopes)
+    batch_shape = fields["batch_shape"]
+    n_queries, head_dim, n_keys, value_dim = q.shape[-2], q.shape[-1], v.shape[-2], v.shape[-1]
+    out_shape = batch_shape + (n_queries, value_dim)
+    for name in ("grad_output", "output"):
+        if arrays[name].shape != out_shape:
+            raise ValueError(f"{name} must have the forward output's shape (..., L, Ev) = "
+                             f"{out_shape}, got {arrays[name].shape}")
+    if arrays["lse"].shape != out_shape[:-1]:
+        raise ValueError(f"lse must have the shape (..., L) = {out_shape[:-1]} that the forward "
+                         f"returned with return_lse=True, got {arrays['lse'].shape}")
+    threads = _thread_count(num_threads)
+    grad_out = arrays["grad_output"]
+    _element_strides(grad_out, "grad_output")
+    # rowsum(dO * O): the softmax's term of every query row, O(L) extra
+    delta = np.einsum("...i,...i->...", grad_out, arrays["output"])
+
+    isa = _simd.active()
+    lanes = _sdpa.lanes(isa, q.dtype == np.float64)
+    head_dim_pad, value_dim_pad = (-(-n // lanes) * lanes for n in (head_dim, value_dim))
+    key_repeats, value_repeats = fields["head_repeats"]
+    group_heads = math.lcm(key_repeats, value_repeats)
+    n_groups = math.prod(batch_shape) // group_heads
+    tile_queries = _query_tile(n_queries, n_groups, 1, lanes)
+    tile_queries = min(tile_queries, -(-_tiles["backward_queries"] // lanes) * lanes)
+    n_tiles = -(-n_queries // tile_queries) if n_queries else 0
+    # jobs own the gradient rows of their key and value heads; too few of them for
+    # the threads, and each job's query tiles are dealt to parts with their own rows
+    n_splits = 1
+    if n_groups and n_groups < 2 * threads and threads > 1:
+        n_splits = max(1, min(n_tiles, -(-2 * threads // n_groups)))
+
+    def heads(repeats):    # the batch dims of a gradient of key or value
+        return batch_shape[:-1] + (batch_shape[-1] // repeats,) if batch_shape else ()
+
+    grad_query = np.empty(batch_shape + (n_queries, head_dim_pad), dtype=q.dtype)
+    grad_key = np.zeros((n_splits,) + heads(key_repeats) + (n_keys, head_dim_pad), dtype=q.dtype)
+    grad_value = np.zeros((n_splits,) + heads(value_repeats) + (n_keys, value_dim_pad),
+                          dtype=q.dtype)
+    _sdpa.attend_backward(_sdpa.Problem(
+        out=arrays["output"], lse=np.ascontiguousarray(arrays["lse"]),
+        grad_out=grad_out, delta=np.ascontiguousarray(delta, dtype=q.dtype),
+        grad_query=grad_query, grad_key=grad_key, grad_value=grad_value, n_splits=n_splits,
+        tile_queries=tile_queries, tile_keys=_tiles["backward_keys"], isa=isa,
+        num_threads=threads, **fields))
+    grad_key = grad_key.sum(axis=0) if n_splits > 1 else grad_key[0]
+    grad_value = grad_value.sum(axis=0) if n_splits > 1 else grad_value[0]
+    return tuple(np.ascontiguousarray(_sum_to_shape(grad[..., :n], array.shape))
+                 for grad, n, array in ((grad_query, head_dim, q), (grad_key, head_dim, k),
+                                        (grad_value, value_dim, v)))
+
+
 def merge_attention(outputs, lses):
     """Attention over the union of disjoint sets of keys, from attention over each.
 
@@ -347,6 +447,37 @@ def merge_attention(outputs, lses):
     return output, lse
 
 
+def _problem_fields(q, k, v, attn_mask, is_causal, scale, enable_gqa, window,
+                    causal_alignment, softcap, alibi_slopes, query_position_offset=None):
+    """Check the shapes and every argument that describes the attention (not the
+    arrays' dtypes); returns the ``_sdpa.Problem`` fields they give, shared by the
+    forward and the backward pass. ``query_position_offset``, an int, overrides the
+    key position of query 0 that ``causal_alignment`` gives."""
+    n_queries, head_dim, n_keys, _, head_repeats, batch_shape = _attention_shapes(
+        q.shape, k.shape, v.shape, enable_gqa)
+    mask, mask_kind = None, _sdpa.MASK_NONE
+    if attn_mask is not None:
+        mask, mask_kind = _check_mask(attn_mask, q.dtype, batch_shape + (n_queries, n_keys))
+        _element_strides(mask, "attn_mask")
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim) if head_dim else 1.0
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {scale!r}")
+    window_left, window_right = _check_window(window, bool(is_causal))
+    query_offset = _query_offset(causal_alignment, n_queries, n_keys)
+    if query_position_offset is not None:
+        query_offset = int(query_position_offset)
+    if alibi_slopes is not None:   # one slope per (batch, head), as (*batch, 1)
+        alibi_slopes = _check_alibi_slopes(alibi_slopes, batch_shape, q.shape)[..., None]
+    for name, array in (("query", q), ("key", k), ("value", v)):
+        _element_strides(array, name)
+    return dict(query=q, key=k, value=v, batch_shape=batch_shape,
+                head_repeats=(head_repeats["key"], head_repeats["value"]), mask=mask,
+                mask_kind=mask_kind, scale=float(scale), query_offset=query_offset,
+                window_left=window_left, window_right=window_right,
+                softcap=_check_softcap(softcap), alibi_slopes=alibi_slopes)
+
+
 def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads,
             with_weights, out=None, average_heads=False, window=None,
             causal_alignment="top_left", softcap=None, alibi_slopes=None, return_lse=False,
@@ -374,25 +505,10 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         q = q.astype(np.float32)
         if out is not None:
             raise TypeError("out= needs a float32 or float64 query")
-    n_queries, head_dim, n_keys, value_dim, head_repeats, batch_shape = _attention_shapes(
-        q.shape, k.shape, v.shape, enable_gqa)
-
-    mask, mask_kind = None, _sdpa.MASK_NONE
-    if attn_mask is not None:
-        mask, mask_kind = _check_mask(attn_mask, q.dtype, batch_shape + (n_queries, n_keys))
-        _element_strides(mask, "attn_mask")
-
-    if scale is None:
-        scale = 1.0 / math.sqrt(head_dim) if head_dim else 1.0
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number or None, got {scale!r}")
-    window_left, window_right = _check_window(window, bool(is_causal))
-    query_offset = _query_offset(causal_alignment, n_queries, n_keys)
-    if _query_position_offset is not None:
-        query_offset = int(_query_position_offset)
-    softcap = _check_softcap(softcap)
-    if alibi_slopes is not None:   # one slope per (batch, head), as (*batch, 1)
-        alibi_slopes = _check_alibi_slopes(alibi_slopes, batch_shape, q.shape)[..., None]
+    fields = _problem_fields(q, k, v, attn_mask, is_causal, scale, enable_gqa, window,
+                             causal_alignment, softcap, alibi_slopes, _query_position_offset)
+    batch_shape = fields["batch_shape"]
+    n_queries, n_keys, value_dim = q.shape[-2], k.shape[-2], v.shape[-1]
     threads = _thread_count(num_threads)
 
     if out is None:
@@ -403,21 +519,16 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
         weights_shape = batch_shape[:-1] if average_heads else batch_shape
         weights = np.empty(weights_shape + (n_queries, n_keys), dtype=q.dtype)
     lse = np.empty(batch_shape + (n_queries,), dtype=q.dtype) if return_lse else None
-    for name, array in (("query", q), ("key", k), ("value", v)):
-        _element_strides(array, name)
     isa = _simd.active()
     # averaged heads are one job per tile of a group of heads, not per head
     jobs_per_tile = math.prod(batch_shape[:-1] if average_heads else batch_shape)
     tile_queries = _query_tile(n_queries, jobs_per_tile, threads,
                                _sdpa.lanes(isa, q.dtype == np.float64),
-                               window_left + window_right + 1)
+                               fields["window_left"] + fields["window_right"] + 1)
     _sdpa.attend(_sdpa.Problem(
-        query=q, key=k, value=v, out=out, batch_shape=batch_shape,
-        head_repeats=(head_repeats["key"], head_repeats["value"]),
-        mask=mask, mask_kind=mask_kind, weights=weights, average_heads=average_heads, lse=lse,
-        scale=float(scale), query_offset=query_offset, window_left=window_left,
-        window_right=window_right, softcap=softcap, alibi_slopes=alibi_slopes,
-        tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa, num_threads=threads))
+        out=out, weights=weights, average_heads=average_heads,
+        lse=lse, tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa,
+        num_threads=threads, **fields))
     if result_dtype != q.dtype:
         out, weights, lse = (None if a is None else a.astype(result_dtype)
                              for a in (out, weights, lse))

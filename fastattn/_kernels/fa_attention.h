@@ -55,6 +55,21 @@ typedef struct {
     double scale;
 } fa_job;
 
+/* The backward pass of one query tile of one (batch, head): the problem as the
+ * forward pass saw it, and where the gradients go. */
+typedef struct {
+    fa_job forward;        /* float or double keys and values; lse (required) is the
+                              forward's; out, weights and split-KV unused */
+    const void *grad_out;  ptrdiff_t grad_out_row_stride, grad_out_col_stride;
+    const void *delta;     /* rowsum(grad_out * out), one per query row, contiguous */
+    /* rows of head_dim (value_dim) padded to whole vectors, contiguous columns: the
+     * tile's rows of grad_query are written; grad_key and grad_value rows (the whole
+     * sequence of this head's keys) are added to */
+    void *grad_query;      ptrdiff_t grad_query_row_stride;
+    void *grad_key;        ptrdiff_t grad_key_row_stride;
+    void *grad_value;      ptrdiff_t grad_value_row_stride;
+} fa_backward_job;
+
 /* A projection out = x . W^T + bias, cut into tiles (rows x column panels). */
 typedef struct {
     const void *x;               ptrdiff_t x_row_stride, x_col_stride;
@@ -67,6 +82,7 @@ typedef struct {
 } fa_linear_job;
 
 typedef void (*fa_attend_fn)(const fa_job *job, void *scratch);
+typedef void (*fa_backward_fn)(const fa_backward_job *job, void *scratch);
 /* out (n_rows x value_dim, rows out_row_stride apart) and lse (n_rows, may be NULL)
  * of attention over the union of n_parts disjoint key sets, from each part's
  * output and lse (parts part_stride elements apart; rows value_dim apart) */
@@ -85,6 +101,8 @@ typedef struct {
     int lanes_f32, lanes_f64;               /* tile_queries must be a multiple of these */
     fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64;
     fa_attend_fn attend_f32, attend_f64;
+    fa_scratch_bytes_fn backward_scratch_bytes_f32, backward_scratch_bytes_f64;
+    fa_backward_fn backward_f32, backward_f64;
     fa_merge_fn merge_f32, merge_f64;
     fa_linear_scratch_fn linear_scratch_bytes_f32, linear_scratch_bytes_f64;
     fa_linear_fn linear_f32, linear_f64;
@@ -103,6 +121,12 @@ void *fa_thread_scratch(size_t bytes);
     size_t fa_scratch_bytes_f64_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t); \
     void fa_attend_f32_##suffix(const fa_job *, void *);                              \
     void fa_attend_f64_##suffix(const fa_job *, void *);                              \
+    size_t fa_backward_scratch_bytes_f32_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t,    \
+                                                  ptrdiff_t);                         \
+    size_t fa_backward_scratch_bytes_f64_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t,    \
+                                                  ptrdiff_t);                         \
+    void fa_attend_backward_f32_##suffix(const fa_backward_job *, void *);            \
+    void fa_attend_backward_f64_##suffix(const fa_backward_job *, void *);            \
     void fa_merge_f32_##suffix(ptrdiff_t, const void *, const void *, ptrdiff_t,      \
                                ptrdiff_t, ptrdiff_t, ptrdiff_t, void *, ptrdiff_t,    \
                                void *);                                               \

@@ -306,14 +306,19 @@ FA_INLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_
  * query's band skip the band arithmetic. */
 static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                                  ptrdiff_t width, ptrdiff_t first_position,
-                                 const REAL *position, const REAL *slope, REAL *scores)
+                                 const REAL *position, const REAL *slope, REAL *scores,
+                                 REAL *softcap_slope)
 {
     const ptrdiff_t q0 = job->query_start, nq = job->n_queries;
 
     if (job->softcap > 0) {
+        /* softcap_slope (the backward pass): d capped / d score = 1 - tanh^2 */
         const REAL cap = (REAL)job->softcap, inv_cap = (REAL)(1 / job->softcap);
-        for (ptrdiff_t at = 0; at < n_keys * width; at += LANES)
-            VSTORE(scores + at, VTANH(VLOAD(scores + at) * inv_cap) * cap);
+        for (ptrdiff_t at = 0; at < n_keys * width; at += LANES) {
+            const VREAL t = VTANH(VLOAD(scores + at) * inv_cap);
+            if (softcap_slope) VSTORE(softcap_slope + at, VSPLAT(1) - t * t);
+            VSTORE(scores + at, t * cap);
+        }
     }
     if (job->alibi_slopes) {
         /* score[j][i] -= slope[i] * |position[i] - (key_start + j)| */
@@ -522,6 +527,52 @@ static void FN(pack_keys)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_ke
     }
 }
 
+/* Qt = scale * Q^T of the tile's rows (head_dim x width), zero-padded to whole vectors */
+static void FN(pack_query_t)(const fa_job *job, ptrdiff_t width, REAL *packed)
+{
+    const REAL *query = (const REAL *)job->query + job->query_start * job->query_row_stride;
+    const REAL scale = (REAL)job->scale;
+    for (ptrdiff_t e = 0; e < job->head_dim; ++e) {
+        REAL *qt = packed + e * width;
+        for (ptrdiff_t i = 0; i < job->n_queries; ++i)
+            qt[i] = query[i * job->query_row_stride + e * job->query_col_stride] * scale;
+        for (ptrdiff_t i = job->n_queries; i < width; ++i) qt[i] = 0;
+    }
+}
+
+/* Where the tile's queries sit and which keys they may see: each column's key
+ * position relative to the first column's (*first_position), and ALiBi slope
+ * (padding columns repeat the last); [*key_begin, *key_end), the union of the
+ * rows' bands (only those keys are visited: O(L * window), not O(L * S)), this
+ * job's share of it under split-KV. */
+static void FN(tile_band)(const fa_job *job, ptrdiff_t width, REAL *position, REAL *slope,
+                          ptrdiff_t *first_position, ptrdiff_t *key_begin, ptrdiff_t *key_end)
+{
+    const ptrdiff_t q0 = job->query_start, nq = job->n_queries;
+    const ptrdiff_t per_position = job->rows_per_position;
+    const ptrdiff_t first = job->query_offset + q0 / per_position;
+    for (ptrdiff_t i = 0; i < width; ++i) {
+        const ptrdiff_t row = q0 + (i < nq ? i : nq - 1);
+        position[i] = (REAL)(job->query_offset + row / per_position - first);
+        slope[i] = job->alibi_slopes ? (REAL)job->alibi_slopes[row % per_position] : 0;
+    }
+    const ptrdiff_t last = job->query_offset + (q0 + nq - 1) / per_position;
+    ptrdiff_t begin = first - job->window_left, end = last + job->window_right + 1;
+    if (begin < 0) begin = 0;
+    if (end > job->n_keys) end = job->n_keys;
+    if (end < begin) end = begin;
+    if (job->n_splits > 1) {    /* split-KV: this job's share of the band, whole vectors */
+        ptrdiff_t chunk = (end - begin + job->n_splits - 1) / job->n_splits;
+        chunk = FA_ROUND_UP(chunk, 16);
+        const ptrdiff_t split_begin = begin + job->split_index * chunk;
+        begin = split_begin < end ? split_begin : end;
+        end = split_begin + chunk < end ? split_begin + chunk : end;
+    }
+    *first_position = first;
+    *key_begin = begin;
+    *key_end = end;
+}
+
 void FN(fa_attend)(const fa_job *job, void *scratch_memory)
 {
     const ptrdiff_t nq = job->n_queries, q0 = job->query_start;
@@ -549,13 +600,7 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         for (ptrdiff_t j = 0; j < job->tile_keys; ++j)
             for (ptrdiff_t i = nq; i < width; ++i) w.scores[j * width + i] = 0;
     } else {
-        /* Qt = scale * Q^T, zero-padded to whole vectors */
-        for (ptrdiff_t e = 0; e < head_dim; ++e) {
-            REAL *qt = w.packed_query + e * width;
-            for (ptrdiff_t i = 0; i < nq; ++i)
-                qt[i] = query[i * job->query_row_stride + e * job->query_col_stride] * scale;
-            for (ptrdiff_t i = nq; i < width; ++i) qt[i] = 0;
-        }
+        FN(pack_query_t)(job, width, w.packed_query);
     }
     for (ptrdiff_t i = 0; i < width; ++i) {
         w.row_max[i] = -INFINITY;
@@ -563,30 +608,9 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     }
     memset(w.acc, 0, (size_t)(nq * value_dim_pad) * sizeof(REAL));
 
-    /* each column's key position, relative to the first column's, and ALiBi slope
-     * (padding columns repeat the last) */
-    const ptrdiff_t per_position = job->rows_per_position;
-    const ptrdiff_t first_position = job->query_offset + q0 / per_position;
-    for (ptrdiff_t i = 0; i < width; ++i) {
-        const ptrdiff_t row = q0 + (i < nq ? i : nq - 1);
-        w.column_position[i] = (REAL)(job->query_offset + row / per_position - first_position);
-        w.column_slope[i] = job->alibi_slopes ? (REAL)job->alibi_slopes[row % per_position] : 0;
-    }
-
-    /* only the keys inside some query's band are visited: O(L * window), not O(L * S) */
-    const ptrdiff_t last_position = job->query_offset + (q0 + nq - 1) / per_position;
-    ptrdiff_t key_begin = first_position - job->window_left;
-    ptrdiff_t key_end = last_position + job->window_right + 1;
-    if (key_begin < 0) key_begin = 0;
-    if (key_end > job->n_keys) key_end = job->n_keys;
-    if (key_end < key_begin) key_end = key_begin;
-    if (job->n_splits > 1) {    /* split-KV: this job's share of the band, whole vectors */
-        ptrdiff_t chunk = (key_end - key_begin + job->n_splits - 1) / job->n_splits;
-        chunk = FA_ROUND_UP(chunk, 16);
-        const ptrdiff_t begin = key_begin + job->split_index * chunk;
-        key_begin = begin < key_end ? begin : key_end;
-        key_end = begin + chunk < key_end ? begin + chunk : key_end;
-    }
+    ptrdiff_t first_position, key_begin, key_end;
+    FN(tile_band)(job, width, w.column_position, w.column_slope, &first_position, &key_begin,
+                  &key_end);
 
     /* The decoding path reads keys and values where they are, float16 included
      * (converted as vectors are loaded), when rows are whole vectors; otherwise
@@ -621,7 +645,7 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
             FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
                             w.packed_query, width, width, head_dim, w.scores, width, 0);
         FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
-                             w.column_slope, w.scores);
+                             w.column_slope, w.scores, NULL);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
         FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
 
@@ -695,6 +719,174 @@ void FN(fa_merge)(ptrdiff_t n_parts, const void *part_out_memory, const void *pa
         for (ptrdiff_t c = 0; c < value_dim; ++c) o[c] *= inv;
         if (lse) lse[r] = (REAL)((double)top + log((double)total));
     }
+}
+
+/* The backward pass (FlashAttention-2's, on a CPU) for one query tile of one
+ * (batch, head): with P = exp(S - lse) recomputed from the scores, never stored,
+ *
+ *   for each tile of keys K_j, values V_j the tile's queries may see:
+ *       S^T  = K_j Qt                    as the forward (scale, softcap, bias, masks)
+ *       P^T  = exp(S^T - lse)
+ *       dV_j += P^T dO                   tile_keys x value_dim, in the caller's buffer
+ *       dP^T = V_j dO^T
+ *       dS^T = P^T * (dP^T - delta)      delta = rowsum(dO * O); * (1 - tanh^2) under softcap
+ *       dK_j += dS^T (scale Q)           tile_keys x head_dim, in the caller's buffer
+ *       dQ  += dS K_j                    tile rows x head_dim, in scratch
+ *   grad_query rows = scale * dQ
+ *
+ * Everything is kept transposed (keys x queries), as in the forward, so that the
+ * per-query terms (lse, delta) are vectors along a row, and all five products
+ * are the forward's outer-product micro-kernel (gemm_packed). The caller owns
+ * grad_key and grad_value rows for the whole sequence (one job per KV head at a
+ * time: no races) and sums them over query tiles by calling tile after tile. */
+typedef struct {
+    REAL *packed_query;  /* head_dim x tile_queries: scale * Q^T */
+    REAL *query_rows;    /* tile_queries x head_dim_pad: scale * Q */
+    REAL *grad_out_rows; /* tile_queries x value_dim_pad: dO */
+    REAL *grad_out_t;    /* value_dim x tile_queries: dO^T */
+    REAL *scores;        /* tile_keys x tile_queries: S^T, then P^T */
+    REAL *grad_scores;   /* tile_keys x tile_queries: dP^T, then dS^T */
+    REAL *softcap_slope; /* tile_keys x tile_queries: 1 - tanh^2 under softcap */
+    REAL *grad_query;    /* tile_queries x head_dim_pad */
+    REAL *packed_key;    /* tile_keys x head_dim_pad: K when it cannot be read in place */
+    REAL *lse, *delta, *column_position, *column_slope;   /* tile_queries each */
+} FN(backward_scratch);
+
+static size_t FN(backward_layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
+                                  ptrdiff_t head_dim, ptrdiff_t value_dim, char *base,
+                                  FN(backward_scratch) *parts)
+{
+    const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
+    const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
+    enum { N_PARTS = 13 };
+    const ptrdiff_t sizes[N_PARTS] = {
+        head_dim * tile_queries, tile_queries * head_dim_pad, tile_queries * value_dim_pad,
+        value_dim * tile_queries, tile_keys * tile_queries, tile_keys * tile_queries,
+        tile_keys * tile_queries, tile_queries * head_dim_pad, tile_keys * head_dim_pad,
+        tile_queries, tile_queries, tile_queries, tile_queries,
+    };
+    REAL **slots[N_PARTS] = {
+        &parts->packed_query, &parts->query_rows, &parts->grad_out_rows, &parts->grad_out_t,
+        &parts->scores, &parts->grad_scores, &parts->softcap_slope, &parts->grad_query,
+        &parts->packed_key, &parts->lse, &parts->delta, &parts->column_position,
+        &parts->column_slope,
+    };
+    size_t offset = base ? (size_t)(-(uintptr_t)base % FA_SCRATCH_ALIGN) : 0;
+    for (int k = 0; k < N_PARTS; ++k) {
+        if (base) *slots[k] = (REAL *)(base + offset);
+        offset += FA_ROUND_UP(sizes[k] * sizeof(REAL), FA_SCRATCH_ALIGN);
+    }
+    return offset + (base ? 0 : FA_SCRATCH_ALIGN);
+}
+
+size_t FN(fa_backward_scratch_bytes)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
+                                     ptrdiff_t head_dim, ptrdiff_t value_dim)
+{
+    FN(backward_scratch) unused;
+    return FN(backward_layout)(tile_queries, tile_keys, head_dim, value_dim, NULL, &unused);
+}
+
+/* rows x cols of src (any strides) into dst rows dst_row apart, times `factor`,
+ * zero-padded to dst_cols columns and to pad_rows rows; or transposed (dst[c][r]) */
+static void FN(pack_rows)(const REAL *src, ptrdiff_t row_stride, ptrdiff_t col_stride,
+                          ptrdiff_t rows, ptrdiff_t cols, REAL factor, int transpose,
+                          REAL *dst, ptrdiff_t dst_row, ptrdiff_t dst_cols, ptrdiff_t pad_rows)
+{
+    for (ptrdiff_t r = 0; r < pad_rows; ++r)
+        for (ptrdiff_t c = 0; c < dst_cols; ++c) {
+            const REAL x = r < rows && c < cols ? src[r * row_stride + c * col_stride] * factor : 0;
+            if (transpose) dst[c * dst_row + r] = x;
+            else dst[r * dst_row + c] = x;
+        }
+}
+
+void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memory)
+{
+    const fa_job *job = &backward->forward;
+    const ptrdiff_t nq = job->n_queries, q0 = job->query_start;
+    const ptrdiff_t head_dim = job->head_dim, value_dim = job->value_dim;
+    const ptrdiff_t width = FA_ROUND_UP(nq, LANES);
+    const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
+    const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
+    const REAL scale = (REAL)job->scale;
+    FN(backward_scratch) w;
+    FN(backward_layout)(job->tile_queries, job->tile_keys, head_dim, value_dim,
+                        (char *)scratch_memory, &w);
+
+    /* the tile's operands, packed once for every key tile it visits */
+    const REAL *query = (const REAL *)job->query + q0 * job->query_row_stride;
+    const REAL *grad_out = (const REAL *)backward->grad_out + q0 * backward->grad_out_row_stride;
+    FN(pack_query_t)(job, width, w.packed_query);
+    FN(pack_rows)(query, job->query_row_stride, job->query_col_stride, nq, head_dim, scale, 0,
+                  w.query_rows, head_dim_pad, head_dim_pad, width);
+    FN(pack_rows)(grad_out, backward->grad_out_row_stride, backward->grad_out_col_stride, nq,
+                  value_dim, 1, 0, w.grad_out_rows, value_dim_pad, value_dim_pad, width);
+    FN(pack_rows)(grad_out, backward->grad_out_row_stride, backward->grad_out_col_stride, nq,
+                  value_dim, 1, 1, w.grad_out_t, width, value_dim, width);
+    const REAL *lse = (const REAL *)job->lse + q0, *delta = (const REAL *)backward->delta + q0;
+    for (ptrdiff_t i = 0; i < width; ++i) {
+        /* a row that saw no key (lse -inf) and the padding get P = e^(s - inf) = 0 */
+        w.lse[i] = i < nq && lse[i] != -INFINITY ? lse[i] : (REAL)INFINITY;
+        w.delta[i] = i < nq ? delta[i] : 0;
+    }
+    memset(w.grad_query, 0, (size_t)(width * head_dim_pad) * sizeof(REAL));
+
+    ptrdiff_t first_position, key_begin, key_end;
+    FN(tile_band)(job, width, w.column_position, w.column_slope, &first_position, &key_begin,
+                  &key_end);
+    const int keys_in_place = job->key_col_stride == 1 && head_dim == head_dim_pad;
+    REAL *softcap_slope = job->softcap > 0 ? w.softcap_slope : NULL;
+
+    for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
+        const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
+        const REAL *key = (const REAL *)job->key + k0 * job->key_row_stride;
+        const REAL *value = (const REAL *)job->value + k0 * job->value_row_stride;
+        REAL *grad_key = (REAL *)backward->grad_key + k0 * backward->grad_key_row_stride;
+        REAL *grad_value = (REAL *)backward->grad_value + k0 * backward->grad_value_row_stride;
+
+        /* P^T = exp(S^T - lse), S^T = K_j Qt with the forward's transforms */
+        FN(gemm_packed)(key, job->key_row_stride, job->key_col_stride, nk, w.packed_query, width,
+                        width, head_dim, w.scores, width, 0);
+        FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
+                             w.column_slope, w.scores, softcap_slope);
+        for (ptrdiff_t j = 0; j < nk; ++j)
+            for (ptrdiff_t i = 0; i < width; i += LANES) {
+                REAL *at = w.scores + j * width + i;
+                VSTORE(at, VEXP(VLOAD(at) - VLOAD(w.lse + i)));
+            }
+        /* dV_j += P^T dO */
+        FN(gemm_packed)(w.scores, width, 1, nk, w.grad_out_rows, value_dim_pad, value_dim_pad,
+                        nq, grad_value, backward->grad_value_row_stride, 1);
+        /* dS^T = P^T * (V_j dO^T - delta) (* softcap slope) */
+        FN(gemm_packed)(value, job->value_row_stride, job->value_col_stride, nk, w.grad_out_t,
+                        width, width, value_dim, w.grad_scores, width, 0);
+        for (ptrdiff_t j = 0; j < nk; ++j)
+            for (ptrdiff_t i = 0; i < width; i += LANES) {
+                const ptrdiff_t at = j * width + i;
+                VREAL ds = VLOAD(w.scores + at) * (VLOAD(w.grad_scores + at) - VLOAD(w.delta + i));
+                if (softcap_slope) ds *= VLOAD(softcap_slope + at);
+                VSTORE(w.grad_scores + at, ds);
+            }
+        /* dK_j += dS^T (scale Q) */
+        FN(gemm_packed)(w.grad_scores, width, 1, nk, w.query_rows, head_dim_pad, head_dim_pad,
+                        nq, grad_key, backward->grad_key_row_stride, 1);
+        /* dQ += dS K_j: K rows as whole vectors, in place or packed */
+        const REAL *key_rows = key;
+        ptrdiff_t key_row = job->key_row_stride;
+        if (!keys_in_place) {
+            FN(pack_keys)(job, k0, nk, head_dim_pad, w.packed_key);
+            key_rows = w.packed_key;
+            key_row = head_dim_pad;
+        }
+        FN(gemm_packed)(w.grad_scores, 1, width, nq, key_rows, key_row, head_dim_pad, nk,
+                        w.grad_query, head_dim_pad, 1);
+    }
+
+    REAL *grad_query = (REAL *)backward->grad_query + q0 * backward->grad_query_row_stride;
+    for (ptrdiff_t i = 0; i < nq; ++i)
+        for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES)
+            VSTORE(grad_query + i * backward->grad_query_row_stride + c,
+                   VLOAD(w.grad_query + i * head_dim_pad + c) * scale);
 }
 
 /* One tile of a projection, out = x . W^T + bias: rows [row_start, +n_rows) and

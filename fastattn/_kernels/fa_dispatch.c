@@ -9,6 +9,8 @@
 #define FA_TABLE(suffix)                                                           \
     {#suffix, 0, 0, fa_scratch_bytes_f32_##suffix, fa_scratch_bytes_f64_##suffix, \
      fa_attend_f32_##suffix, fa_attend_f64_##suffix,                               \
+     fa_backward_scratch_bytes_f32_##suffix, fa_backward_scratch_bytes_f64_##suffix, \
+     fa_attend_backward_f32_##suffix, fa_attend_backward_f64_##suffix,             \
      fa_merge_f32_##suffix, fa_merge_f64_##suffix,                                 \
      fa_linear_scratch_bytes_f32_##suffix, fa_linear_scratch_bytes_f64_##suffix,   \
      fa_linear_tile_f32_##suffix, fa_linear_tile_f64_##suffix}
