@@ -79,8 +79,8 @@ def print_bank(out=print):
         f" 'money' in the other.)")
 
 
-def plot_heatmaps(path, embeddings, word_to_index):
-    """One heatmap per sentence: the scaled self-attention of every word over every word."""
+def _pyplot():
+    """matplotlib.pyplot drawing to files (Agg), or SystemExit saying how to get it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -88,6 +88,12 @@ def plot_heatmaps(path, embeddings, word_to_index):
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install matplotlib "
                          "(or pip install 'fastattn[plot]')") from None
+    return plt
+
+
+def plot_heatmaps(path, embeddings, word_to_index):
+    """One heatmap per sentence: the scaled self-attention of every word over every word."""
+    plt = _pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 9.5))
     for ax, sentence in zip(axes.flat, SENTENCES):
         words = sentence.split()
