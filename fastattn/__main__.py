@@ -8,8 +8,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastattn")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="the blog's example, end to end")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the random embeddings")
-    demo.add_argument("--plot", metavar="FILE.png", help="draw an attention heatmap per sentence")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the random embeddings (with --train, of the starting model)")
+    demo.add_argument("--plot", metavar="FILE.png", help="draw an attention heatmap per sentence"
+                      " (with --train, the loss curve too)")
+    demo.add_argument("--train", action="store_true",
+                      help="train the blog's model (embeddings, one causal attention layer) on"
+                      " its sentences until it predicts every next word")
     bench = commands.add_parser("bench", help="time fastattn against the NumPy reference and torch")
     bench.add_argument("--lengths", type=int, nargs="+",
                        default=[256, 512, 1024, 2048, 4096, 8192], help="sequence lengths L = S")

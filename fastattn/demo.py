@@ -4,10 +4,14 @@ Part 1 is the program of seed 001: six sentences, random 3-d word embeddings,
 and for each sentence the attention of "to" (the blog's dot-product attention)
 and of "fox" (its scaled self-attention) over the sentence's words, with the
 predicted next word. Part 2 is the "bank" example of seed 003, computed.
+
+``demo --train`` (``run_train``) trains that model instead (fastattn/train.py:
+learned embeddings and one causal self-attention layer, fastattn's forward and
+backward) and shows the next words it predicts and where its attention looks.
 """
 import numpy as np
 
-from fastattn import blog
+from fastattn import blog, train
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -110,7 +114,123 @@ def plot_heatmaps(path, embeddings, word_to_index):
     plt.close(fig)
 
 
+def _either(words):
+    """'a', 'b' or 'c'."""
+    quoted = [repr(w) for w in words]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def print_rule(corpus, out=print):
+    """What counts as a correct prediction, and the lowest loss there is."""
+    ambiguous = corpus.ambiguous_prefixes()
+    out("A prediction counts as correct when some sentence that begins with the same words"
+        " goes on with it.")
+    for prefix, after in ambiguous.items():
+        out(f"  {sum(after.values())} sentences begin {' '.join(prefix)!r}, then"
+            f" {_either(list(after))}: no model can tell which, so any of them counts"
+            f" (rows marked *).")
+    out(f"Every other prefix has one next word. The lowest loss any model can reach is"
+        f" {corpus.lowest_loss():.4f} (the entropy of those choices).")
+
+
+def print_trained_sentences(trained, out=print):
+    """Per sentence, the predicted next word after each of its words, and the
+    attention of the last word read (the one that predicts the sentence's last
+    word) over the sentence's words."""
+    corpus = trained.corpus
+    predicted, weights = train.predict(trained.params, corpus.inputs)
+    correct = corpus.correct(predicted)
+    ambiguous = corpus.ambiguous_prefixes()
+    for row, words in enumerate(corpus.sentences):
+        n = len(words) - 1
+        last = words[n - 1]
+        predictions = [corpus.index_to_word[int(i)] for i in predicted[row, :n]]
+        word_width = max(len(w) for w in words + ["word"])
+        guess_width = max(len(w) for w in predictions + ["predicted"])
+        out(f"Sentence {row + 1}: {' '.join(words)}")
+        out(f"  {'word':<{word_width}}  {'next':<{word_width}}  {'predicted':<{guess_width}}"
+            f"  {'correct':<7}  attention of {last!r} (predicting {words[n]!r})")
+        for position in range(n):
+            mark = "*" if tuple(words[:position + 1]) in ambiguous else ""
+            verdict = ("right" if correct[row, position] else "WRONG") + mark
+            weight = weights[row, n - 1, position]
+            out(f"  {words[position]:<{word_width}}  {words[position + 1]:<{word_width}}  "
+                f"{predictions[position]:<{guess_width}}  {verdict:<7}  {weight:7.4f}  "
+                f"{_bar(weight)}".rstrip())
+        out("")
+
+
+def plot_training(path, trained):
+    """The loss and accuracy curves, and per sentence the trained attention heatmap."""
+    plt = _pyplot()
+    corpus = trained.corpus
+    predicted, weights = train.predict(trained.params, corpus.inputs)
+    fig, axes = plt.subplots(2, 4, figsize=(20, 9.5))
+    steps = range(len(trained.losses))
+    ax = axes[0, 0]
+    ax.plot(steps, trained.losses)
+    ax.axhline(corpus.lowest_loss(), color="gray", linestyle="--", label="lowest possible")
+    ax.set_yscale("log")
+    ax.set(title="Training loss (cross-entropy)", xlabel="Adam step", ylabel="loss")
+    ax.legend()
+    ax = axes[1, 0]
+    ax.plot(steps, [100 * a for a in trained.accuracies])
+    ax.set(title="Next words predicted right", xlabel="Adam step", ylabel="%", ylim=(0, 105))
+    for row, ax in enumerate(list(axes[0, 1:]) + list(axes[1, 1:])):
+        words = corpus.sentences[row]
+        n = len(words) - 1
+        image = ax.imshow(weights[row, :n, :n], cmap="viridis", vmin=0, vmax=1)
+        labels = [f"{w} \u2192 {corpus.index_to_word[int(i)]}"
+                  for w, i in zip(words, predicted[row, :n])]
+        ax.set_xticks(range(n), words[:n], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels, fontsize=8)
+        ax.set_title(" ".join(words), fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("Trained: loss, accuracy, and the causal self-attention weights per sentence"
+                 " (row: word read \u2192 predicted next word, column: word attended to)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_train(args):
+    """``demo --train``: train the model of fastattn/train.py and show what it learned."""
+    corpus = train.Corpus(SENTENCES)
+    print(f"fastattn demo --train: the blog's next-word model, trained (seed {args.seed})")
+    print(f"{len(SENTENCES)} sentences split on spaces as the blog does: {corpus.vocabulary_size}"
+          f" words, {corpus.scored} next words to predict.")
+    print(f"Model: {train.DIM}-d word and position embeddings, one causal self-attention layer"
+          f" (query, key, value projections; fastattn forward and backward), a residual"
+          f" connection, an output projection to the {corpus.vocabulary_size} words; Adam,"
+          f" float64.")
+    print_rule(corpus)
+    print("")
+
+    def log(step, loss, correct, total):
+        print(f"step {step:4d}  loss {loss:.4f}  right {correct:2d}/{total}")
+
+    trained = train.train(SENTENCES, seed=args.seed, log=log)
+    accuracy = trained.accuracy()
+    solved = ("never all right" if trained.solved_at is None
+              else f"all right first at step {trained.solved_at}")
+    print(f"trained in {trained.seconds:.2f} s ({train.STEPS} steps, {solved}); accuracy"
+          f" {100 * accuracy:.0f}%\n")
+    print_trained_sentences(trained)
+    predicted, _ = train.predict(trained.params, corpus.inputs, attention=False)
+    without = int(corpus.correct(predicted).sum())
+    print(f"Take the attention's output away from the trained model (the residual alone reaches"
+          f" the output) and {without} of the {corpus.scored} next words are still right: the"
+          f" other {corpus.scored - without} it gets right only with what the attention brings"
+          f" in.")
+    if args.plot:
+        plot_training(args.plot, trained)
+        print(f"\nloss curve and attention heatmaps written to {args.plot}")
+    return 0 if accuracy == 1 else 1
+
+
 def run(args):
+    if args.train:
+        return run_train(args)
     word_to_index, index_to_word, embeddings = blog.create_word_representations(
         SENTENCES, dim=3, seed=args.seed)
     print(f"fastattn demo: the blog's next-word model, random 3-d embeddings (seed {args.seed})")
