@@ -23,9 +23,9 @@ attention's output away from a trained model, to count what it owes to it.)
 The six sentences are one batch of shape (6, n, dim), right-padded to the
 longest: under a causal mask no real word attends to a later position, and the
 padding has no target, so it changes nothing. The gradients are written out by
-hand (the chain rule, layer by layer: ``loss_and_gradients``) and the attention's come
-from ``fastattn.scaled_dot_product_attention_backward``; Adam (``Adam``)
-updates the parameters. Everything is float64 and seeded.
+hand (the chain rule, layer by layer: ``loss_and_gradients``), the attention's
+from ``fastattn.scaled_dot_product_attention_backward``; ``Adam`` updates the
+parameters. Everything is float64 and seeded.
 
 What counts as correct. "The" starts three sentences and "I" two: after the
 one-word prefix "The" the corpus goes on with "quick", "cat" and "sun", and no
