@@ -85,3 +85,26 @@ def test_extension_that_fails_to_load(tmp_path):
     out = import_from(tmp_path)
     assert f"fastattn's compiled extension {broken} is there but failed to load" in out
     assert "CAUSE: ImportError" in out
+
+
+# torch is optional: `import fastattn` must not import it (nor pay for it), and
+# `import fastattn.torch` without it says which extra to install
+TORCH_OPTIONAL = """
+import sys
+import fastattn
+print("TORCH IMPORTED:", "torch" in sys.modules)
+sys.modules["torch"] = None          # as if torch were not installed
+try:
+    import fastattn.torch
+except ImportError as err:
+    print("MESSAGE:", err)
+"""
+
+
+def test_fastattn_imports_torch_only_for_fastattn_torch():
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    result = subprocess.run([sys.executable, "-c", TORCH_OPTIONAL], cwd=PACKAGE.parent, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "TORCH IMPORTED: False" in result.stdout
+    assert "MESSAGE: fastattn.torch needs torch: pip install 'fastattn[torch]'" in result.stdout
