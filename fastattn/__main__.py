@@ -39,6 +39,12 @@ def main(argv=None):
     bench.add_argument("--decode-max-length", type=int, default=32768,
                        help="longest cache in the decode section")
     bench.add_argument("--no-mha", action="store_true", help="skip MultiHeadAttention")
+    bench.add_argument("--no-train", action="store_true",
+                       help="skip training's forward + backward (fastattn.torch against torch)")
+    bench.add_argument("--train-lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096],
+                       help="L for the training section")
+    bench.add_argument("--train-memory-length", type=int, default=16384,
+                       help="L for the training section's peak-memory measurement (0 to skip)")
     bench.add_argument("--no-blog", action="store_true", help="skip the blog's functions")
     bench.add_argument("--quick", action="store_true", help="L up to 1024, 3 repeats")
     bench.add_argument("--dask", action="store_true",
@@ -67,6 +73,8 @@ def main(argv=None):
             args.memory_length = min(args.memory_length, 4096)
             args.window_lengths = [n for n in args.window_lengths if n <= 8192]
             args.decode_max_length = min(args.decode_max_length, 4096)
+            args.train_lengths = [n for n in args.train_lengths if n <= 1024]
+            args.train_memory_length = min(args.train_memory_length, 4096)
         return bench_module.run(args)
     return 2
 

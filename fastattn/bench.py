@@ -9,8 +9,9 @@ materialised NumPy reference (``fastattn.numpy_reference``) and torch's
 ``scaled_dot_product_attention`` when torch is installed, and fastattn's
 speed-up over each. Then the peak memory fastattn needs beyond its inputs and
 output at a long length, measured in a fresh process; MultiHeadAttention
-against torch's; and the blog's functions at blog size against the blog's own
-NumPy code.
+against torch's; training's forward + backward through ``fastattn.torch``
+against torch's own, with the peak memory of each; and the blog's functions at
+blog size against the blog's own NumPy code.
 """
 import statistics
 import subprocess
@@ -341,6 +342,131 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "fl
     return bandwidth, results
 
 
+_TRAIN_MEMORY_PROBE = """
+import sys
+import numpy as np
+import torch
+
+def rss(field):   # VmRSS: resident now; VmHWM: the peak since the last reset
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+
+heads, length, head_dim, threads, dtype, which = sys.argv[1:]
+torch.set_num_threads(int(threads))
+if which == "fastattn":
+    from fastattn.torch import scaled_dot_product_attention as attend
+else:
+    attend = torch.nn.functional.scaled_dot_product_attention
+
+def inputs(length):
+    rng = np.random.default_rng(0)
+    shape = (1, int(heads), length, int(head_dim))
+    q, k, v, grad_output = (torch.from_numpy(rng.standard_normal(shape, dtype=dtype))
+                            for _ in range(4))
+    return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), grad_output
+
+def step(q, k, v, grad_output):
+    output = attend(q, k, v, is_causal=True)
+    return output, torch.autograd.grad(output, (q, k, v), grad_output)
+
+step(*inputs(64))                               # load everything first
+q, k, v, grad_output = inputs(int(length))
+with open("/proc/self/clear_refs", "w") as f:   # reset the peak to the present
+    f.write("5")
+before = rss("VmRSS")
+output, grads = step(q, k, v, grad_output)
+print(rss("VmHWM") - before - output.nbytes - sum(grad.nbytes for grad in grads))
+"""
+
+
+def peak_train_extra_memory(heads, length, head_dim, threads, dtype="float32", which="fastattn"):
+    """Bytes one causal forward + backward (the gradients of query, key and value)
+    needs beyond its inputs, output and gradients, measured in a fresh process
+    (Linux: /proc peak RSS); ``which`` is "fastattn" (fastattn.torch's function) or
+    "torch" (torch's own SDPA)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _TRAIN_MEMORY_PROBE, str(heads), str(length), str(head_dim),
+         str(threads), dtype, which], capture_output=True, text=True, check=True)
+    return int(result.stdout.strip())
+
+
+def run_train(torch, threads, repeats, lengths=(512, 1024, 2048, 4096), head_dims=(64, 128),
+              heads=8, dtype="float32", memory_length=16384):
+    """Training's attention: forward + backward (the gradients of query, key and value,
+    ``torch.autograd.grad``) of fastattn.torch's function against torch's own CPU SDPA
+    on the same tensors, both on torch's thread count, checked against each other
+    before timing; then the peak memory of one causal forward + backward beyond its
+    inputs, output and gradients, each implementation in a fresh process."""
+    if torch is None:
+        print("\ntraining, forward + backward: skipped, torch is not installed")
+        return []
+    from fastattn.torch import scaled_dot_product_attention as fastattn_sdpa
+    torch_sdpa = torch.nn.functional.scaled_dot_product_attention
+    print(f"\ntraining, forward + backward (gradients of query, key, value): fastattn.torch "
+          f"against torch's SDPA, B=1 H={heads} {dtype}, {torch.get_num_threads()} thread(s)")
+    header = f"{'D':>4} {'causal':>6} {'L':>6} {'fastattn ms':>12} {'torch ms':>10} {'vs torch':>9}"
+    print(header)
+    print("-" * len(header))
+    tolerance = 1e-3 if dtype == "float32" else 1e-8
+    rng = np.random.default_rng(0)
+    results = []
+    for head_dim in head_dims:
+        for causal in (False, True):
+            for length in lengths:
+                shape = (1, heads, length, head_dim)
+                q, k, v, grad_output = (torch.from_numpy(rng.standard_normal(shape, dtype=dtype))
+                                        for _ in range(4))
+                for tensor in (q, k, v):
+                    tensor.requires_grad_()
+
+                def step(sdpa):
+                    output = sdpa(q, k, v, is_causal=causal)
+                    return (output, *torch.autograd.grad(output, (q, k, v), grad_output))
+
+                contenders = {"fastattn": lambda: step(fastattn_sdpa)}
+                differs = [name for name, ours, theirs in zip(
+                    ("output", "grad_query", "grad_key", "grad_value"), step(fastattn_sdpa),
+                    step(torch_sdpa)) if not np.allclose(ours.detach().numpy(),
+                                                         theirs.detach().numpy(),
+                                                         rtol=tolerance, atol=tolerance)]
+                if differs:
+                    print(f"  torch skipped: its {', '.join(differs)} differ from fastattn's")
+                else:
+                    contenders["torch"] = lambda: step(torch_sdpa)
+                medians = _interleaved_medians(contenders, repeats)
+                seconds, torch_seconds = medians["fastattn"], medians.get("torch")
+                results.append({"head_dim": head_dim, "causal": causal, "length": length,
+                                "heads": heads, "fastattn_s": seconds, "torch_s": torch_seconds})
+                torch_ms = f"{torch_seconds * 1e3:10.2f}" if torch_seconds else f"{'-':>10}"
+                ratio = f"{torch_seconds / seconds:8.2f}x" if torch_seconds else f"{'-':>9}"
+                print(f"{head_dim:>4} {'yes' if causal else 'no':>6} {length:>6} "
+                      f"{seconds * 1e3:12.2f} {torch_ms} {ratio}", flush=True)
+    if memory_length:
+        head_dim = min(head_dims)
+        extra = {}
+        for which in ("fastattn", "torch"):
+            try:
+                extra[which] = peak_train_extra_memory(heads, memory_length, head_dim, threads,
+                                                       dtype, which)
+            except subprocess.CalledProcessError as err:      # e.g. killed: out of memory
+                extra[which] = None
+                print(f"  {which}: the memory probe failed (exit {err.returncode}): "
+                      f"{(err.stderr.strip().splitlines() or [''])[-1][:80]}")
+
+        def mib(which):
+            return "-" if extra[which] is None else f"{extra[which] / MIB:.1f} MiB"
+
+        print(f"peak memory beyond inputs, output and gradients, one causal forward + backward "
+              f"at L={memory_length}, H={heads}, D={head_dim}: fastattn {mib('fastattn')}, "
+              f"torch {mib('torch')}")
+        print("  (a fresh process each: peak resident memory, /proc VmHWM reset just before "
+              "the call, minus\n  the resident memory before it and the bytes of the output "
+              "and of the three gradients)")
+    return results
+
+
 def run_blog(repeats):
     """Per-call latency of the blog's functions at blog size (a sentence of <= 10 words)."""
     word_to_index, _, embeddings = blog.create_word_representations(SENTENCES, seed=0)
@@ -505,6 +631,10 @@ def run(args):
     if not args.no_mha:
         run_mha(torch, threads, args.repeats,
                 lengths=[n for n in (128, 512, 2048) if n <= max(args.lengths)] or [128])
+    if not args.no_train:
+        run_train(torch, threads, args.repeats, lengths=args.train_lengths,
+                  head_dims=args.head_dims, heads=args.heads, dtype=args.dtype,
+                  memory_length=args.train_memory_length)
     if not args.no_blog:
         run_blog(args.repeats)
     return 0

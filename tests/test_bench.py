@@ -1,4 +1,5 @@
 """The benchmark command runs, and its slope fit is right."""
+import re
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ def test_fitted_slope_of_a_quadratic():
 
 def test_bench_command_runs(tmp_path):
     args = ["--lengths", "128", "256", "--head-dims", "16", "--heads", "2", "--repeats", "1",
-            "--memory-length", "1024", "--no-mha", "--no-blog",
+            "--memory-length", "1024", "--no-mha", "--no-blog", "--no-train",
             "--window-lengths", "256", "512", "--window-mask-max-length", "256",
             "--decode-max-length", "1024"]
     try:
@@ -61,3 +62,32 @@ def test_bench_plot(tmp_path, monkeypatch, capsys):
     assert png_size(path) == (1320, 506)
     assert path.stat().st_size > 10_000
     assert f"plot written to {path}; slopes fitted over L = 64-256 (the longest measured" in out
+
+
+def test_bench_train_section():
+    """Training's forward + backward, fastattn.torch against torch: a row per head dim,
+    mask and L, and the peak memory of each, measured in its own process."""
+    pytest.importorskip("torch")
+    args = ["--lengths", "64", "--head-dims", "16", "--heads", "2", "--repeats", "1",
+            "--memory-length", "0", "--no-decode", "--no-window", "--no-mha", "--no-blog",
+            "--train-lengths", "64", "96", "--train-memory-length", "256"]
+    result = subprocess.run([sys.executable, "-m", "fastattn", "bench", *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "training, forward + backward" in out and "torch skipped" not in out
+    rows = re.findall(r"^\s+16\s+(no|yes)\s+(64|96)\s+[\d.]+\s+[\d.]+\s+[\d.]+x$", out, re.M)
+    assert sorted(rows) == [("no", "64"), ("no", "96"), ("yes", "64"), ("yes", "96")]
+    memory = re.search(r"one causal forward \+ backward at L=256, H=2, D=16: "
+                       r"fastattn (-?[\d.]+) MiB, torch (-?[\d.]+) MiB", out)
+    assert memory, out
+    assert "/proc VmHWM reset just before the call" in out
+
+
+def test_bench_train_section_without_torch(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert main(["bench", "--lengths", "64", "--head-dims", "16", "--heads", "2",
+                 "--repeats", "1", "--memory-length", "0", "--no-mha", "--no-blog",
+                 "--no-window", "--no-decode", "--train-lengths", "64"]) == 0
+    assert "training, forward + backward: skipped, torch is not installed" in \
+        capsys.readouterr().out
