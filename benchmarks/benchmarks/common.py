@@ -26,6 +26,9 @@ PEAKMEM_HEAD_DIM = 64
 # stays under this: L = 256 ... 4096 (0.5 GiB at 4096; 8 GiB at 16384)
 REFERENCE_MAX_SCORE_BYTES = 2 * 2**30
 REFERENCE_LENGTHS = [n for n in LENGTHS if HEADS * n * n * 4 <= REFERENCE_MAX_SCORE_BYTES]
+# forward + backward does 3.5 forwards' flops (7 tile GEMMs to 2): its time curve
+# and the backward's peak memory (flat beyond inputs and gradients) stop at L = 4096
+BACKWARD_LENGTHS = [n for n in LENGTHS if n <= 4096]
 
 
 @functools.lru_cache(maxsize=2)
@@ -34,6 +37,13 @@ def attention_inputs(length, head_dim, dtype, heads=HEADS, seed=0):
     rng = np.random.default_rng(seed)
     return tuple(rng.standard_normal((1, heads, length, head_dim), dtype=dtype)
                  for _ in range(3))
+
+
+@functools.lru_cache(maxsize=2)
+def output_gradient(length, value_dim, dtype, heads=HEADS, seed=1):
+    """A gradient of the attention output, (1, heads, length, value_dim), standard normal."""
+    return np.random.default_rng(seed).standard_normal((1, heads, length, value_dim),
+                                                       dtype=dtype)
 
 
 @functools.lru_cache(maxsize=2)
