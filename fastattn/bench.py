@@ -232,17 +232,28 @@ def read_bandwidth(threads, mebibytes=512, repeats=5):
     return best
 
 
-def _onnx_attention(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, threads):
-    """A one-node ONNX model of the standard Attention op (opset 23) in an
-    onnxruntime session with ``threads`` intra-op threads, or None without it."""
+def _import_onnxruntime():
+    """onnxruntime and onnx (to build the model), or None without either."""
     try:
-        import onnx
+        import onnx  # noqa: F401
         import onnxruntime
-        from onnx import TensorProto, helper
     except ImportError:
         return None
-    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
-    node = helper.make_node("Attention", ["Q", "K", "V"], ["Y"], is_causal=0)
+    return onnxruntime
+
+
+def _onnx_attention(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, threads,
+                    is_causal=False):
+    """A one-node ONNX model of the standard Attention op (opset 23; is_causal is
+    top-left, as fastattn's) in an onnxruntime session with ``threads`` intra-op
+    threads; None without onnxruntime, or where it has no CPU kernel for it."""
+    onnxruntime = _import_onnxruntime()
+    if onnxruntime is None:
+        return None
+    from onnx import TensorProto, helper
+    elem = {np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.float32): TensorProto.FLOAT,
+            np.dtype(np.float64): TensorProto.DOUBLE}[np.dtype(dtype)]
+    node = helper.make_node("Attention", ["Q", "K", "V"], ["Y"], is_causal=int(is_causal))
     graph = helper.make_graph(
         [node], "attention",
         [helper.make_tensor_value_info("Q", elem, [batch, q_heads, n_queries, head_dim]),
@@ -259,6 +270,31 @@ def _onnx_attention(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype
     except Exception:          # e.g. no float16 kernel for this op on the CPU
         return None
     return session
+
+
+def _checked(name, call, ours, tolerance=1e-4, to_numpy=np.asarray):
+    """``call`` when one call of it gives fastattn's output (same shape and dtype,
+    allclose at ``tolerance``, absolute and relative), else None: a peer that fails
+    or differs is reported on a line of its own and left out of the timing."""
+    try:
+        theirs = to_numpy(call())
+        if theirs.shape != ours.shape or theirs.dtype != ours.dtype:
+            raise ValueError(f"returned {theirs.dtype} {theirs.shape}, fastattn "
+                             f"{ours.dtype} {ours.shape}")
+        theirs64, ours64 = theirs.astype(np.float64), ours.astype(np.float64)
+        if not np.allclose(theirs64, ours64, rtol=tolerance, atol=tolerance):
+            excess = np.abs(theirs64 - ours64) - tolerance * (1 + np.abs(ours64))
+            worst = np.unravel_index(np.argmax(np.where(np.isnan(excess), np.inf, excess)),
+                                     ours.shape)
+            raise ValueError(f"differs from fastattn at {tuple(int(i) for i in worst)}: "
+                             f"{theirs64[worst]:.6g} vs {ours64[worst]:.6g} "
+                             f"(tolerance {tolerance:g})")
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"  {name} skipped (checked against fastattn before timing): {reason[:100]}",
+              flush=True)
+        return None
+    return call
 
 
 DECODE_ROWS = [  # (B, query heads, kv heads, D, S)
@@ -301,23 +337,13 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "fl
                     with torch.no_grad():
                         return torch.nn.functional.scaled_dot_product_attention(
                             tq, tk, tv, enable_gqa=True)
-                try:
-                    theirs = torch_decode().numpy()
-                    np.testing.assert_allclose(theirs.astype(np.float32), ours.astype(np.float32),
-                                               atol=tolerance, rtol=tolerance)
+                if _checked("torch", torch_decode, ours, tolerance, lambda t: t.numpy()):
                     contenders["torch"] = torch_decode
-                except (RuntimeError, AssertionError) as err:
-                    print(f"  torch skipped: {str(err).splitlines()[0][:60]}")
             session = _onnx_attention(batch, q_heads, kv_heads, 1, n_keys, head_dim, dtype, threads)
             if session is not None:
                 feeds = {"Q": q, "K": k_cache, "V": v_cache}
-                try:
-                    theirs = session.run(None, feeds)[0]
-                    np.testing.assert_allclose(theirs.astype(np.float32), ours.astype(np.float32),
-                                               atol=tolerance, rtol=tolerance)
+                if _checked("onnxruntime", lambda: session.run(None, feeds)[0], ours, tolerance):
                     contenders["onnxruntime"] = lambda: session.run(None, feeds)
-                except Exception as err:
-                    print(f"  onnxruntime skipped: {str(err).splitlines()[0][:60]}")
             medians = _interleaved_medians(contenders, repeats, settle_seconds=0.25)
             seconds = medians["fastattn"]
             rate = (k_cache.nbytes + v_cache.nbytes) / seconds
