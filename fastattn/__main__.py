@@ -15,7 +15,7 @@ def main(argv=None):
     demo.add_argument("--train", action="store_true",
                       help="train the blog's model (embeddings, one causal attention layer) on"
                       " its sentences until it predicts every next word")
-    bench = commands.add_parser("bench", help="time fastattn against the NumPy reference and torch")
+    bench = commands.add_parser("bench", help="time fastattn against its peers")
     bench.add_argument("--lengths", type=int, nargs="+",
                        default=[256, 512, 1024, 2048, 4096, 8192], help="sequence lengths L = S")
     bench.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
@@ -25,6 +25,11 @@ def main(argv=None):
     bench.add_argument("--threads", type=int, default=None, help="default: OpenMP's")
     bench.add_argument("--numpy-max-length", type=int, default=8192,
                        help="longest L for the materialised NumPy reference")
+    bench.add_argument("--jax-max-length", type=int, default=8192,
+                       help="longest L for JAX (when installed; it materialises the scores)")
+    bench.add_argument("--batch-row", type=int, nargs=4, metavar=("B", "H", "L", "D"),
+                       default=[32, 8, 128, 64], help="a batched row after the L sweep")
+    bench.add_argument("--no-batch-row", action="store_true", help="leave the batched row out")
     bench.add_argument("--memory-length", type=int, default=16384,
                        help="L for the peak-memory measurement (0 to skip)")
     bench.add_argument("--plot", metavar="FILE.png",
@@ -67,6 +72,8 @@ def main(argv=None):
         return dask_bench.run(args)
     if args.command == "bench":
         from fastattn import bench as bench_module
+        if args.no_batch_row:
+            args.batch_row = None
         if args.quick:
             args.lengths = [n for n in args.lengths if n <= 1024]
             args.repeats = 3

@@ -1,18 +1,22 @@
-"""``python -m fastattn bench``: fastattn against the NumPy reference and torch.
+"""``python -m fastattn bench``: fastattn against the NumPy reference and its CPU peers.
 
-For each head dim, causal or not, and sequence length L = S (batch 1), the
-contenders run interleaved in one process (round after round, so that a slow
-minute on a shared machine hits them all alike; short calls in blocks) and the
-table reports medians of the rounds:
-fastattn's time and GFLOP/s (4 B H L S D flops, halved when causal), the
-materialised NumPy reference (``fastattn.numpy_reference``) and torch's
-``scaled_dot_product_attention`` when torch is installed, and fastattn's
-speed-up over each. Then the peak memory fastattn needs beyond its inputs and
-output at a long length, measured in a fresh process; MultiHeadAttention
-against torch's; training's forward + backward through ``fastattn.torch``
-against torch's own, with the peak memory of each; and the blog's functions at
-blog size against the blog's own NumPy code.
+For each head dim, causal or not, and sequence length L = S (batch 1; then one
+batched row), the contenders run interleaved in one process (round after round,
+so that a slow minute on a shared machine hits them all alike; short calls in
+blocks) and the table reports medians of the rounds: fastattn's time and
+GFLOP/s (4 B H L S D flops, halved when causal), the same FLOP count as one
+square GEMM of NumPy's BLAS and fastattn's share of that rate, and each peer's
+time over fastattn's: the materialised NumPy reference
+(``fastattn.numpy_reference``), torch's ``scaled_dot_product_attention``,
+onnxruntime's standard ``Attention`` op and JAX's ``dot_product_attention``,
+each when installed, all with fastattn's thread count, each checked against
+fastattn's output before it is timed. Then the peak memory fastattn needs beyond
+its inputs and output at a long length, measured in a fresh process; KV-cache
+decoding; sliding windows; MultiHeadAttention against torch's; training's forward
++ backward through ``fastattn.torch`` against torch's own, with the peak memory of
+each; and the blog's functions at blog size against the blog's own NumPy code.
 """
+import os
 import statistics
 import subprocess
 import sys
@@ -270,6 +274,52 @@ def _onnx_attention(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype
     except Exception:          # e.g. no float16 kernel for this op on the CPU
         return None
     return session
+
+
+def _import_jax(threads, dtype):
+    """(jax, a line on its threads), or None without jax.
+
+    XLA's CPU client sizes its compute pool once, when it starts, from the NPROC
+    environment variable if set, else from the CPUs this process may run on;
+    XLA_FLAGS' ``--xla_cpu_multi_thread_eigen=false`` no longer limits it (jax
+    0.10, measured). So NPROC is set while the client starts here, then put back;
+    a client some earlier code started keeps its size, and the line says so.
+    """
+    try:
+        import jax
+    except ImportError:
+        return None
+    if np.dtype(dtype) == np.float64:
+        jax.config.update("jax_enable_x64", True)     # else jax computes in float32
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+        started = backends_are_initialized()
+    except ImportError:                                  # a private name: may move
+        started = None
+    if started is False:
+        saved = os.environ.get("NPROC")
+        os.environ["NPROC"] = str(threads)
+        try:
+            jax.devices("cpu")
+        finally:
+            if saved is None:
+                del os.environ["NPROC"]
+            else:
+                os.environ["NPROC"] = saved
+        note = f"XLA's CPU pool started with {threads} thread(s) (NPROC={threads})"
+    else:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        note = (f"XLA's CPU pool {'was started before' if started else 'may have started before'}"
+                f" the bench: NOT limited to {threads} thread(s) (it sizes itself to {cpus} CPUs)")
+    return jax, note
+
+
+def _import_threadpoolctl():
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    return threadpoolctl
 
 
 def _checked(name, call, ours, tolerance=1e-4, to_numpy=np.asarray):
@@ -554,13 +604,15 @@ def plot(rows, path):
     fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4.6 * nrows), squeeze=False)
     styles = {"fastattn_s": ("fastattn (fused)", "tab:blue", "o"),
               "numpy_s": ("NumPy reference", "tab:orange", "s"),
-              "torch_s": ("torch SDPA", "tab:green", "^")}
+              "torch_s": ("torch SDPA", "tab:green", "^"),
+              "onnxruntime_s": ("onnxruntime Attention", "tab:red", "v"),
+              "jax_s": ("JAX dot_product_attention", "tab:purple", "D")}
     curves = []
     for ax, (head_dim, causal) in zip(axes.flat, panels):
         panel = [r for r in rows if r["head_dim"] == head_dim and r["causal"] == causal]
         lengths = [r["length"] for r in panel]
         for key, (label, color, marker) in styles.items():
-            seconds = [r[key] for r in panel]
+            seconds = [r.get(key) for r in panel]
             shown = [(n, t) for n, t in zip(lengths, seconds) if t]
             if not shown:
                 continue
@@ -588,57 +640,166 @@ def plot(rows, path):
     return fitted
 
 
+def _gemm_side(flops):
+    """n of the square n x n x n GEMM that does ``flops`` (2 n^3) floating-point operations.
+
+    The sgemm column is a yardstick: what this machine's BLAS reaches on a shape
+    it likes, measured in the same rounds, with the row's FLOP count (so it runs
+    about as long as the attention call). Not the pair of products attention
+    would hand to BLAS, (L x D) @ (D x L) and (L x L) @ (L x D): with a depth or
+    width of only D = 64/128 and the whole L x L matrix written and read back,
+    BLAS is itself far from its best there, so that rate would move with D and L
+    instead of marking a ceiling (and the NumPy reference column already times
+    those products, with the softmax between them).
+    """
+    return max(8, round((flops / 2) ** (1 / 3)))
+
+
+def _cells(values, columns):
+    return " ".join(f"{value:>{width}}" for value, (_, width) in zip(values, columns))
+
+
+def run_prefill(torch, threads, args):
+    """Dense prefill (L = S): one table, a row per B, H, D, causal or not, L.
+
+    fastattn's time and GFLOP/s; the BLAS GEMM yardstick (``_gemm_side``) and
+    fastattn's rate as a share of it; then each peer's time over fastattn's (above
+    1: fastattn is faster): the materialised NumPy reference, torch's SDPA,
+    onnxruntime's Attention op, JAX's jitted ``dot_product_attention``, each peer's
+    column only when it is installed. Peers run with fastattn's thread count, are
+    checked against fastattn's output before timing, and are interleaved with it.
+    """
+    dtype = np.dtype(args.dtype)
+    gemm_name = "sgemm" if dtype == np.float32 else "dgemm"
+    jax_and_note = _import_jax(threads, dtype)
+    jax = jax_and_note[0] if jax_and_note else None
+    threadpoolctl = _import_threadpoolctl()
+    blas = None
+    if threadpoolctl is not None:
+        blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
+        if not blas.lib_controllers:
+            blas = None
+    onnxruntime = _import_onnxruntime()
+    print(f"peers, with {threads} thread(s) each, checked against fastattn before timing:")
+    print(f"  torch: {f'{torch.__version__}, SDPA' if torch else 'not installed'}")
+    print(f"  onnxrt: " + (f"onnxruntime {onnxruntime.__version__}, its Attention op (opset 23, "
+                           f"one-node model), intra_op_num_threads={threads}"
+                           if onnxruntime else "onnxruntime not installed"))
+    print(f"  jax: " + (f"{jax.__version__}, jit(jax.nn.dot_product_attention) on (B, T, N, H) "
+                        f"inputs, L <= {args.jax_max_length}; {jax_and_note[1]}"
+                        if jax else "not installed"))
+    if blas is not None:
+        info = blas.lib_controllers[0].info()
+        print(f"  {gemm_name}: NumPy matmul, square, the row's FLOP count, {info['internal_api']} "
+              f"{info['version']} held to {threads} thread(s) by threadpoolctl")
+    else:
+        print(f"  {gemm_name}: not measured (needs threadpoolctl to hold NumPy's BLAS to "
+              f"{threads} thread(s), and a BLAS it knows)")
+    print("vs X: X's time / fastattn's (above 1: fastattn is faster); "
+          "- : not run or failed its check\n")
+
+    columns = [("B", 3), ("H", 3), ("D", 4), ("causal", 6), ("L", 6), ("fastattn ms", 12),
+               ("GFLOP/s", 8)]
+    if blas is not None:
+        columns += [(f"{gemm_name} GF/s", 11), (f"% {gemm_name}", 8)]
+    peers = ["numpy"] + ["torch"] * bool(torch) + ["onnxruntime"] * bool(onnxruntime) \
+        + ["jax"] * bool(jax)
+    short = {"numpy": "numpy", "torch": "torch", "onnxruntime": "onnxrt", "jax": "jax"}
+    columns += [(f"vs {short[name]}", max(8, len(short[name]) + 4)) for name in peers]
+    header = _cells([title for title, _ in columns], columns)
+    print(header)
+    print("-" * len(header))
+
+    shapes = [(1, args.heads, head_dim, causal, length) for head_dim in args.head_dims
+              for causal in (False, True) for length in args.lengths]
+    if args.batch_row:
+        batch, heads, length, head_dim = args.batch_row
+        shapes += [(batch, heads, head_dim, causal, length) for causal in (False, True)]
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch, heads, head_dim, causal, length in shapes:
+        shape = (batch, heads, length, head_dim)
+        q, k, v = (rng.standard_normal(shape, dtype=dtype) for _ in range(3))
+        ours = scaled_dot_product_attention(q, k, v, is_causal=causal, num_threads=threads)
+        contenders = {"fastattn": lambda: scaled_dot_product_attention(
+            q, k, v, is_causal=causal, num_threads=threads)}
+        if length <= args.numpy_max_length:
+            contenders["numpy"] = lambda: materialized_attention(q, k, v, causal)
+        if torch is not None:
+            tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+
+            def torch_call():
+                with torch.no_grad():
+                    return torch.nn.functional.scaled_dot_product_attention(
+                        tq, tk, tv, is_causal=causal)
+            if _checked("torch", torch_call, ours, to_numpy=lambda t: t.numpy()):
+                contenders["torch"] = torch_call
+        if onnxruntime is not None:
+            session = _onnx_attention(batch, heads, heads, length, length, head_dim, dtype,
+                                      threads, is_causal=causal)
+            feeds = {"Q": q, "K": k, "V": v}
+            if session is None:
+                print(f"  onnxruntime skipped: no CPU session for its Attention op in {dtype}")
+            elif _checked("onnxruntime", lambda: session.run(None, feeds)[0], ours):
+                contenders["onnxruntime"] = lambda: session.run(None, feeds)
+        if jax is not None and length <= args.jax_max_length:
+            # jax's layout is (B, T, N, H): transposed and on its device before timing
+            jq, jk, jv = (jax.device_put(np.ascontiguousarray(a.transpose(0, 2, 1, 3)))
+                          for a in (q, k, v))
+            jax_attention = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+                q, k, v, is_causal=causal))
+
+            def jax_call():
+                return jax_attention(jq, jk, jv).block_until_ready()
+            if _checked("jax", jax_call, ours,
+                        to_numpy=lambda out: np.asarray(out).transpose(0, 2, 1, 3)):
+                contenders["jax"] = jax_call
+        flops = 4 * batch * heads * length * length * head_dim / (2 if causal else 1)
+        if blas is not None:
+            side = _gemm_side(flops)
+            ga, gb = (rng.standard_normal((side, side), dtype=dtype) for _ in range(2))
+            gc = np.empty_like(ga)
+
+            def gemm():
+                with blas.limit(limits=threads):
+                    np.matmul(ga, gb, out=gc)
+            contenders[gemm_name] = gemm
+        # onnxruntime's and XLA's pools spin for a while after a call: on a small
+        # machine they would take the cores from whoever runs next
+        spinning = "onnxruntime" in contenders or "jax" in contenders
+        medians = _interleaved_medians(contenders, args.repeats,
+                                       settle_seconds=0.25 if spinning else 0.0)
+        seconds = medians["fastattn"]
+        row = {"batch": batch, "heads": heads, "head_dim": head_dim, "causal": causal,
+               "length": length, "fastattn_s": seconds, "gflops": flops / seconds / 1e9,
+               **{f"{name}_s": medians.get(name) for name in ("numpy", "torch", "onnxruntime",
+                                                               "jax")}}
+        values = [batch, heads, head_dim, "yes" if causal else "no", length,
+                  f"{seconds * 1e3:.2f}", f"{row['gflops']:.1f}"]
+        if blas is not None:
+            row["gemm_gflops"] = 2 * side**3 / medians[gemm_name] / 1e9
+            share = row["gflops"] / row["gemm_gflops"]
+            values += [f"{row['gemm_gflops']:.1f}", f"{100 * share:.0f}%"]
+        values += [f"{medians[name] / seconds:.2f}x" if name in medians else "-" for name in peers]
+        print(_cells(values, columns), flush=True)
+        rows.append(row)
+    return rows
+
+
 def run(args):
     threads = args.threads or _sdpa.max_threads()
     torch = _import_torch(threads)
     dtype = np.dtype(args.dtype)
-    print(f"fastattn {__version__} bench: B=1 H={args.heads} {dtype}, "
+    print(f"fastattn {__version__} bench: {dtype}, "
           f"torch {torch.__version__ if torch else 'not installed'}")
     print(f"CPU: {cpu_model()}; SIMD path {_simd.active()} "
           f"({_sdpa.lanes(_simd.active(), False)} float32 lanes); {threads} thread(s)")
     print(f"interleaved, median of {args.repeats} runs; GFLOP/s = 4*B*H*L*S*D / time "
-          f"(halved when causal)\n")
-    header = (f"{'D':>4} {'causal':>6} {'L':>6} {'fastattn ms':>12} {'GFLOP/s':>8} "
-              f"{'numpy ms':>10} {'torch ms':>10} {'vs numpy':>9} {'vs torch':>9}")
-    print(header)
-    print("-" * len(header))
-    rng = np.random.default_rng(0)
-    rows = []
-    for head_dim in args.head_dims:
-        for causal in (False, True):
-            for length in args.lengths:
-                shape = (1, args.heads, length, head_dim)
-                q, k, v = (rng.standard_normal(shape, dtype=dtype) for _ in range(3))
-                contenders = {"fastattn": lambda: scaled_dot_product_attention(
-                    q, k, v, is_causal=causal, num_threads=threads)}
-                if length <= args.numpy_max_length:
-                    contenders["numpy"] = lambda: materialized_attention(q, k, v, causal)
-                if torch is not None:
-                    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
-                    contenders["torch"] = lambda: torch.nn.functional.scaled_dot_product_attention(
-                        tq, tk, tv, is_causal=causal)
-                medians = _interleaved_medians(contenders, args.repeats)
-                flops = 4 * args.heads * length * length * head_dim / (2 if causal else 1)
-                ours = medians["fastattn"]
-                row = {"head_dim": head_dim, "causal": causal, "length": length,
-                       "heads": args.heads,
-                       "fastattn_s": ours, "gflops": flops / ours / 1e9,
-                       "numpy_s": medians.get("numpy"), "torch_s": medians.get("torch")}
-                rows.append(row)
-
-                def ms(seconds):
-                    return f"{seconds * 1e3:10.2f}" if seconds else f"{'-':>10}"
-
-                def ratio(seconds):
-                    return f"{seconds / ours:8.2f}x" if seconds else f"{'-':>9}"
-
-                print(f"{head_dim:>4} {'yes' if causal else 'no':>6} {length:>6} "
-                      f"{ours * 1e3:12.2f} {row['gflops']:8.1f} {ms(row['numpy_s'])} "
-                      f"{ms(row['torch_s'])} {ratio(row['numpy_s'])} {ratio(row['torch_s'])}",
-                      flush=True)
+          f"(halved when causal)")
+    rows = run_prefill(torch, threads, args)
 
     if args.plot:
-        fitted = plot(rows, args.plot)
+        fitted = plot([r for r in rows if r["batch"] == 1], args.plot)
         print(f"\nplot written to {args.plot}; {fitted}")
 
     if args.memory_length:
