@@ -50,9 +50,12 @@ def test_slope_fit_uses_what_was_measured():
 def test_bench_plot(tmp_path, monkeypatch, capsys):
     """--plot writes a whole PNG of the expected size (1 head dim: 2 panels, 12 x 4.6
     inches at 110 dpi) and says which lengths the slopes were fitted over. In-process
-    and without torch, to stay fast."""
+    and without torch, onnxruntime or JAX, to stay fast."""
     pytest.importorskip("matplotlib")
+    from fastattn import bench
     monkeypatch.setitem(sys.modules, "torch", None)
+    for helper in ("_import_onnxruntime", "_import_jax"):
+        monkeypatch.setattr(bench, helper, lambda *args: None)
     path = tmp_path / "bench.png"
     assert main(["bench", "--lengths", "64", "128", "256", "--head-dims", "16", "--heads", "2",
                  "--repeats", "1", "--memory-length", "0", "--no-mha", "--no-blog",
@@ -91,3 +94,121 @@ def test_bench_train_section_without_torch(monkeypatch, capsys):
                  "--no-window", "--no-decode", "--train-lengths", "64"]) == 0
     assert "training, forward + backward: skipped, torch is not installed" in \
         capsys.readouterr().out
+
+
+TINY_PREFILL = ["bench", "--lengths", "32", "--head-dims", "16", "--heads", "2", "--repeats", "1",
+                "--memory-length", "0", "--no-window", "--no-decode", "--no-mha", "--no-blog",
+                "--no-train", "--batch-row", "2", "2", "16", "8"]
+
+
+def _prefill_table(out):
+    """The header and the data rows of the dense prefill table in ``out``."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["B", "H"])
+    rows = [line for line in lines[start + 2:] if line.startswith(" ") and
+            line.split()[0].isdigit()]
+    return lines[start], rows
+
+
+PEER_IMPORTS = {"onnxrt": "_import_onnxruntime", "jax": "_import_jax",
+                "sgemm": "_import_threadpoolctl"}
+
+
+@pytest.mark.parametrize("peer, modules, columns", [
+    ("onnxrt", ["onnxruntime", "onnx"], ["vs onnxrt"]),
+    ("jax", ["jax"], ["vs jax"]),
+    ("sgemm", ["threadpoolctl"], ["sgemm GF/s", "% sgemm"]),
+])
+def test_prefill_peer_columns_when_installed(peer, modules, columns, monkeypatch, capsys):
+    """Each installed peer gets its columns, passes its check against fastattn and is
+    timed on every row (batch 1 and the batched row). One peer at a time."""
+    from fastattn import bench
+    for module in modules:
+        pytest.importorskip(module)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    for other, helper in PEER_IMPORTS.items():
+        if other != peer:
+            monkeypatch.setattr(bench, helper, lambda *args: None)
+    assert main(TINY_PREFILL) == 0
+    out = capsys.readouterr().out
+    header, rows = _prefill_table(out)
+    assert all(column in header for column in columns)
+    assert "skipped" not in out
+    assert len(rows) == 4 and [row.split()[:2] for row in rows[-2:]] == [["2", "2"], ["2", "2"]]
+    end = header.index(columns[-1]) + len(columns[-1])    # cells are right-aligned to it
+    for row in rows:
+        assert row[:end].split()[-1] not in ("-", "nan")
+    if peer == "jax":
+        assert "XLA's CPU pool" in out
+
+
+def test_prefill_without_peers(monkeypatch, capsys):
+    """No onnxruntime, JAX or threadpoolctl (nor torch): their columns are absent and
+    the table is still printed, one row per shape."""
+    from fastattn import bench
+    monkeypatch.setitem(sys.modules, "torch", None)
+    for helper in ("_import_onnxruntime", "_import_jax", "_import_threadpoolctl"):
+        monkeypatch.setattr(bench, helper, lambda *args: None)
+    assert main(TINY_PREFILL) == 0
+    out = capsys.readouterr().out
+    header, rows = _prefill_table(out)
+    assert header.split() == ["B", "H", "D", "causal", "L", "fastattn", "ms", "GFLOP/s",
+                              "vs", "numpy"]
+    assert len(rows) == 4
+    assert "onnxrt: onnxruntime not installed" in out and "jax: not installed" in out
+    assert "sgemm: not measured (needs threadpoolctl" in out
+
+
+def test_peer_import_helpers_without_the_peers(monkeypatch):
+    from fastattn import bench
+    for module in ("onnxruntime", "jax", "threadpoolctl"):
+        monkeypatch.setitem(sys.modules, module, None)     # import raises ImportError
+    assert bench._import_onnxruntime() is None
+    assert bench._import_jax(1, np.float32) is None
+    assert bench._import_threadpoolctl() is None
+    assert bench._onnx_attention(1, 2, 2, 8, 8, 16, np.float32, 1) is None
+
+
+def test_check_before_timing(capsys):
+    from fastattn.bench import _checked
+    ours = np.random.default_rng(0).standard_normal((1, 2, 8, 16), dtype=np.float32)
+    good = lambda: ours + 1e-6                                          # noqa: E731
+    assert _checked("good", good, ours) is good
+    assert capsys.readouterr().out == ""
+    assert _checked("off", lambda: ours + 1e-2, ours) is None
+    assert _checked("f64", lambda: ours.astype(np.float64), ours) is None
+    assert _checked("shape", lambda: ours[..., :4, :], ours) is None
+    assert _checked("nan", lambda: np.where(ours > 2, np.nan, ours), ours) is None
+
+    def raises():
+        raise RuntimeError("no kernel\nfor this")
+    assert _checked("raises", raises, ours) is None
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["off", "f64", "shape", "nan", "raises"]
+    assert all("skipped (checked against fastattn before timing)" in line for line in lines)
+    assert "differs from fastattn at" in lines[0] and "tolerance 0.0001" in lines[0]
+    assert "returned float64" in lines[1] and lines[-1].endswith("no kernel")
+
+
+def test_prefill_peer_with_a_wrong_result_is_not_timed(monkeypatch, capsys):
+    """A peer whose output is off is reported and left out of the timing: its column
+    shows '-' on that row, and it was called once (the check), not in the rounds."""
+    from fastattn import bench
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setattr(bench, "_import_jax", lambda *args: None)
+    monkeypatch.setattr(bench, "_import_onnxruntime",
+                        lambda: type("FakeOnnxruntime", (), {"__version__": "0.0"}))
+    calls = []
+
+    class WrongSession:
+        def run(self, outputs, feeds):
+            calls.append(1)
+            return [np.asarray(feeds["V"]) * 2]        # not attention
+    monkeypatch.setattr(bench, "_onnx_attention", lambda *args, **kwargs: WrongSession())
+    assert main(TINY_PREFILL) == 0
+    out = capsys.readouterr().out
+    header, rows = _prefill_table(out)
+    assert "vs onnxrt" in header
+    assert out.count("onnxruntime skipped (checked against fastattn before timing)") == 4
+    assert all(row.split()[-1] == "-" for row in rows)
+    assert len(calls) == 4
