@@ -308,13 +308,16 @@ def _import_jax(threads, dtype):
                 os.environ["NPROC"] = saved
         note = f"XLA's CPU pool started with {threads} thread(s) (NPROC={threads})"
     else:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                else os.cpu_count())
         note = (f"XLA's CPU pool {'was started before' if started else 'may have started before'}"
-                f" the bench: NOT limited to {threads} thread(s) (it sizes itself to {cpus} CPUs)")
+                f" the bench: NOT limited to {threads} thread(s) (its size: NPROC then, "
+                f"else the {cpus} CPUs)")
     return jax, note
 
 
 def _import_threadpoolctl():
+    """threadpoolctl (it holds NumPy's BLAS to our threads for the sgemm), or None."""
     try:
         import threadpoolctl
     except ImportError:
