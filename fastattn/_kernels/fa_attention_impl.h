@@ -39,6 +39,9 @@
 #  define FA_LOAD_KV(half, base, at) VLOAD((const REAL *)(base) + (at))
 #endif
 #define FA_SCRATCH_ALIGN 64
+/* columns per panel of a packed right-hand operand: one register block's width */
+#define FA_PANEL (FA_SCORE_VECS * LANES)
+#define FA_PANELS_SIZE(depth, width) ((depth) * FA_ROUND_UP(width, FA_PANEL))
 
 typedef struct {
     REAL *packed_query;  /* head_dim x tile_queries */
@@ -740,6 +743,7 @@ void FN(fa_merge)(ptrdiff_t n_parts, const void *part_out_memory, const void *pa
  * grad_key and grad_value rows for the whole sequence (one job per KV head at a
  * time: no races) and sums them over query tiles by calling tile after tile. */
 typedef struct {
+    /* the right-hand operands, in panels (see pack_panels) */
     REAL *packed_query;  /* head_dim x tile_queries: scale * Q^T */
     REAL *query_rows;    /* tile_queries x head_dim_pad: scale * Q */
     REAL *grad_out_rows; /* tile_queries x value_dim_pad: dO */
@@ -748,7 +752,7 @@ typedef struct {
     REAL *grad_scores;   /* tile_keys x tile_queries: dP^T, then dS^T */
     REAL *softcap_slope; /* tile_keys x tile_queries: 1 - tanh^2 under softcap */
     REAL *grad_query;    /* tile_queries x head_dim_pad */
-    REAL *packed_key;    /* tile_keys x head_dim_pad: K when it cannot be read in place */
+    REAL *packed_key;    /* tile_keys x head_dim_pad: K, in panels */
     REAL *lse, *delta, *column_position, *column_slope;   /* tile_queries each */
 } FN(backward_scratch);
 
@@ -760,9 +764,10 @@ static size_t FN(backward_layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
     const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
     enum { N_PARTS = 13 };
     const ptrdiff_t sizes[N_PARTS] = {
-        head_dim * tile_queries, tile_queries * head_dim_pad, tile_queries * value_dim_pad,
-        value_dim * tile_queries, tile_keys * tile_queries, tile_keys * tile_queries,
-        tile_keys * tile_queries, tile_queries * head_dim_pad, tile_keys * head_dim_pad,
+        FA_PANELS_SIZE(head_dim, tile_queries), FA_PANELS_SIZE(tile_queries, head_dim_pad),
+        FA_PANELS_SIZE(tile_queries, value_dim_pad), FA_PANELS_SIZE(value_dim, tile_queries),
+        tile_keys * tile_queries, tile_keys * tile_queries, tile_keys * tile_queries,
+        tile_queries * head_dim_pad, FA_PANELS_SIZE(tile_keys, head_dim_pad),
         tile_queries, tile_queries, tile_queries, tile_queries,
     };
     REAL **slots[N_PARTS] = {
@@ -786,18 +791,36 @@ size_t FN(fa_backward_scratch_bytes)(ptrdiff_t tile_queries, ptrdiff_t tile_keys
     return FN(backward_layout)(tile_queries, tile_keys, head_dim, value_dim, NULL, &unused);
 }
 
-/* rows x cols of src (any strides) into dst rows dst_row apart, times `factor`,
- * zero-padded to dst_cols columns and to pad_rows rows; or transposed (dst[c][r]) */
-static void FN(pack_rows)(const REAL *src, ptrdiff_t row_stride, ptrdiff_t col_stride,
-                          ptrdiff_t rows, ptrdiff_t cols, REAL factor, int transpose,
-                          REAL *dst, ptrdiff_t dst_row, ptrdiff_t dst_cols, ptrdiff_t pad_rows)
+/* dst = factor * src (depth x width, any strides: src[r * row_stride + c * col_stride]),
+ * in panels of FA_PANEL columns, each panel_depth x FA_PANEL, contiguous, columns
+ * zero-padded to width_pad. The right-hand operand of a product in rows a power of
+ * two bytes apart (a head dim of 128 floats: 512 bytes) maps the rows that one
+ * register block streams through onto a few L1 sets, which then evict each other
+ * (measured: the D = 128 backward ~20% slower than D = 64 per flop); a panel's
+ * rows are adjacent. */
+static void FN(pack_panels)(const REAL *src, ptrdiff_t row_stride, ptrdiff_t col_stride,
+                            ptrdiff_t depth, ptrdiff_t width, ptrdiff_t width_pad, REAL factor,
+                            ptrdiff_t panel_depth, REAL *dst)
 {
-    for (ptrdiff_t r = 0; r < pad_rows; ++r)
-        for (ptrdiff_t c = 0; c < dst_cols; ++c) {
-            const REAL x = r < rows && c < cols ? src[r * row_stride + c * col_stride] * factor : 0;
-            if (transpose) dst[c * dst_row + r] = x;
-            else dst[r * dst_row + c] = x;
-        }
+    for (ptrdiff_t p0 = 0; p0 < width_pad; p0 += FA_PANEL) {
+        REAL *panel = dst + (p0 / FA_PANEL) * panel_depth * FA_PANEL;
+        const ptrdiff_t cols = width_pad - p0 < FA_PANEL ? width_pad - p0 : FA_PANEL;
+        for (ptrdiff_t r = 0; r < depth; ++r)
+            for (ptrdiff_t c = 0; c < cols; ++c)
+                panel[r * FA_PANEL + c] = p0 + c < width
+                    ? src[r * row_stride + (p0 + c) * col_stride] * factor : 0;
+    }
+}
+
+/* c (rows x width) (+)= a . b, b in panels of panel_depth rows (pack_panels) */
+static void FN(gemm_panels)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
+                            const REAL *b, ptrdiff_t panel_depth, ptrdiff_t width,
+                            ptrdiff_t depth, REAL *c, ptrdiff_t c_row, int accumulate)
+{
+    for (ptrdiff_t p0 = 0; p0 < width; p0 += FA_PANEL)
+        FN(gemm_packed)(a, a_row, a_col, rows, b + (p0 / FA_PANEL) * panel_depth * FA_PANEL,
+                        FA_PANEL, width - p0 < FA_PANEL ? width - p0 : FA_PANEL, depth, c + p0,
+                        c_row, accumulate);
 }
 
 void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memory)
@@ -816,13 +839,13 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
     /* the tile's operands, packed once for every key tile it visits */
     const REAL *query = (const REAL *)job->query + q0 * job->query_row_stride;
     const REAL *grad_out = (const REAL *)backward->grad_out + q0 * backward->grad_out_row_stride;
-    FN(pack_query_t)(job, width, w.packed_query);
-    FN(pack_rows)(query, job->query_row_stride, job->query_col_stride, nq, head_dim, scale, 0,
-                  w.query_rows, head_dim_pad, head_dim_pad, width);
-    FN(pack_rows)(grad_out, backward->grad_out_row_stride, backward->grad_out_col_stride, nq,
-                  value_dim, 1, 0, w.grad_out_rows, value_dim_pad, value_dim_pad, width);
-    FN(pack_rows)(grad_out, backward->grad_out_row_stride, backward->grad_out_col_stride, nq,
-                  value_dim, 1, 1, w.grad_out_t, width, value_dim, width);
+    const ptrdiff_t q_row = job->query_row_stride, q_col = job->query_col_stride;
+    const ptrdiff_t g_row = backward->grad_out_row_stride, g_col = backward->grad_out_col_stride;
+    FN(pack_panels)(query, q_col, q_row, head_dim, nq, width, scale, head_dim, w.packed_query);
+    FN(pack_panels)(query, q_row, q_col, nq, head_dim, head_dim_pad, scale, width, w.query_rows);
+    FN(pack_panels)(grad_out, g_row, g_col, nq, value_dim, value_dim_pad, 1, width,
+                    w.grad_out_rows);
+    FN(pack_panels)(grad_out, g_col, g_row, value_dim, nq, width, 1, value_dim, w.grad_out_t);
     const REAL *lse = (const REAL *)job->lse + q0, *delta = (const REAL *)backward->delta + q0;
     for (ptrdiff_t i = 0; i < width; ++i) {
         /* a row that saw no key (lse -inf) and the padding get P = e^(s - inf) = 0 */
@@ -834,7 +857,6 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
     ptrdiff_t first_position, key_begin, key_end;
     FN(tile_band)(job, width, w.column_position, w.column_slope, &first_position, &key_begin,
                   &key_end);
-    const int keys_in_place = job->key_col_stride == 1 && head_dim == head_dim_pad;
     REAL *softcap_slope = job->softcap > 0 ? w.softcap_slope : NULL;
 
     for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
@@ -845,8 +867,8 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
         REAL *grad_value = (REAL *)backward->grad_value + k0 * backward->grad_value_row_stride;
 
         /* P^T = exp(S^T - lse), S^T = K_j Qt with the forward's transforms */
-        FN(gemm_packed)(key, job->key_row_stride, job->key_col_stride, nk, w.packed_query, width,
-                        width, head_dim, w.scores, width, 0);
+        FN(gemm_panels)(key, job->key_row_stride, job->key_col_stride, nk, w.packed_query,
+                        head_dim, width, head_dim, w.scores, width, 0);
         FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
                              w.column_slope, w.scores, softcap_slope);
         for (ptrdiff_t j = 0; j < nk; ++j)
@@ -855,11 +877,11 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
                 VSTORE(at, VEXP(VLOAD(at) - VLOAD(w.lse + i)));
             }
         /* dV_j += P^T dO */
-        FN(gemm_packed)(w.scores, width, 1, nk, w.grad_out_rows, value_dim_pad, value_dim_pad,
-                        nq, grad_value, backward->grad_value_row_stride, 1);
+        FN(gemm_panels)(w.scores, width, 1, nk, w.grad_out_rows, width, value_dim_pad, nq,
+                        grad_value, backward->grad_value_row_stride, 1);
         /* dS^T = P^T * (V_j dO^T - delta) (* softcap slope) */
-        FN(gemm_packed)(value, job->value_row_stride, job->value_col_stride, nk, w.grad_out_t,
-                        width, width, value_dim, w.grad_scores, width, 0);
+        FN(gemm_panels)(value, job->value_row_stride, job->value_col_stride, nk, w.grad_out_t,
+                        value_dim, width, value_dim, w.grad_scores, width, 0);
         for (ptrdiff_t j = 0; j < nk; ++j)
             for (ptrdiff_t i = 0; i < width; i += LANES) {
                 const ptrdiff_t at = j * width + i;
@@ -868,18 +890,13 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
                 VSTORE(w.grad_scores + at, ds);
             }
         /* dK_j += dS^T (scale Q) */
-        FN(gemm_packed)(w.grad_scores, width, 1, nk, w.query_rows, head_dim_pad, head_dim_pad,
-                        nq, grad_key, backward->grad_key_row_stride, 1);
-        /* dQ += dS K_j: K rows as whole vectors, in place or packed */
-        const REAL *key_rows = key;
-        ptrdiff_t key_row = job->key_row_stride;
-        if (!keys_in_place) {
-            FN(pack_keys)(job, k0, nk, head_dim_pad, w.packed_key);
-            key_rows = w.packed_key;
-            key_row = head_dim_pad;
-        }
-        FN(gemm_packed)(w.grad_scores, 1, width, nq, key_rows, key_row, head_dim_pad, nk,
-                        w.grad_query, head_dim_pad, 1);
+        FN(gemm_panels)(w.grad_scores, width, 1, nk, w.query_rows, width, head_dim_pad, nq,
+                        grad_key, backward->grad_key_row_stride, 1);
+        /* dQ += dS K_j */
+        FN(pack_panels)(key, job->key_row_stride, job->key_col_stride, nk, head_dim,
+                        head_dim_pad, 1, job->tile_keys, w.packed_key);
+        FN(gemm_panels)(w.grad_scores, 1, width, nq, w.packed_key, job->tile_keys, head_dim_pad,
+                        nk, w.grad_query, head_dim_pad, 1);
     }
 
     REAL *grad_query = (REAL *)backward->grad_query + q0 * backward->grad_query_row_stride;
