@@ -471,6 +471,34 @@ def peak_train_extra_memory(heads, length, head_dim, threads, dtype="float32", w
     return int(result.stdout.strip())
 
 
+def _print_gradient_errors(torch, fastattn_sdpa, heads, length, head_dim):
+    """How far fastattn's and torch's gradients are from torch's float64 ones, on one
+    causal problem: the largest error of each gradient over its largest element."""
+    rng = np.random.default_rng(1)
+    shape = (1, heads, length, head_dim)
+    arrays = [rng.standard_normal(shape) for _ in range(4)]
+
+    def gradients(sdpa, dtype):
+        q, k, v, grad_output = (torch.tensor(a, dtype=dtype) for a in arrays)
+        for tensor in (q, k, v):
+            tensor.requires_grad_()
+        output = sdpa(q, k, v, is_causal=True)
+        return [g.double().numpy() for g in torch.autograd.grad(output, (q, k, v), grad_output)]
+
+    torch_sdpa = torch.nn.functional.scaled_dot_product_attention
+    reference = gradients(torch_sdpa, torch.float64)
+
+    def error(sdpa, dtype):
+        return max(float(np.abs(g - r).max() / np.abs(r).max())
+                   for g, r in zip(gradients(sdpa, dtype), reference))
+
+    print(f"gradient error, causal L={length} H={heads} D={head_dim}: the largest |error| of "
+          f"grad q, k, v over that gradient's largest element, against torch's float64: "
+          f"fastattn float32 {error(fastattn_sdpa, torch.float32):.1e}, torch float32 "
+          f"{error(torch_sdpa, torch.float32):.1e}; fastattn float64 "
+          f"{error(fastattn_sdpa, torch.float64):.1e}")
+
+
 def run_train(torch, threads, repeats, lengths=(512, 1024, 2048, 4096), head_dims=(64, 128),
               heads=8, dtype="float32", memory_length=16384):
     """Training's attention: forward + backward (the gradients of query, key and value,
@@ -522,6 +550,7 @@ def run_train(torch, threads, repeats, lengths=(512, 1024, 2048, 4096), head_dim
                 ratio = f"{torch_seconds / seconds:8.2f}x" if torch_seconds else f"{'-':>9}"
                 print(f"{head_dim:>4} {'yes' if causal else 'no':>6} {length:>6} "
                       f"{seconds * 1e3:12.2f} {torch_ms} {ratio}", flush=True)
+    _print_gradient_errors(torch, fastattn_sdpa, heads, min(lengths), min(head_dims))
     if memory_length:
         head_dim = min(head_dims)
         extra = {}
