@@ -130,8 +130,11 @@ FA_INLINE void FN(gemm_block)(const int vecs, const int rows,
 FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
                                const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
                                const void *value, ptrdiff_t value_row,
-                               const REAL *rescale, REAL *acc, ptrdiff_t acc_row)
+                               const REAL *rescale, REAL *acc, ptrdiff_t acc_row,
+                               ptrdiff_t prefetch_bytes)
 {
+    const ptrdiff_t row_bytes = value_row * (half ? 2 : (ptrdiff_t)sizeof(REAL));
+    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
     VREAL a[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
     for (int r = 0; r < rows; ++r)
@@ -142,12 +145,10 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
         }
     for (ptrdiff_t j = 0; j < n_keys; ++j) {
         VREAL v[FA_MAX_BLOCK_VECS];
-#if FA_PREFETCH_KEYS
-        /* this block's columns of the value row a few keys on */
-        for (ptrdiff_t b = 0; b < vecs * LANES * (half ? 2 : (ptrdiff_t)sizeof(REAL)); b += 64)
-            FA_PREFETCH((const char *)value + (j + FA_PREFETCH_KEYS) * value_row *
-                               (half ? 2 : (ptrdiff_t)sizeof(REAL)) + b);
-#endif
+        /* the value row some way on, from memory (rows read in place stream through
+         * once): the caller's first column block asks for the whole row */
+        for (ptrdiff_t b = 0; b < prefetch_bytes; b += 64)
+            FA_PREFETCH((const char *)value + (j + ahead) * row_bytes + b);
 #pragma GCC unroll 8
         for (int c = 0; c < vecs; ++c) v[c] = FA_LOAD_KV(half, value, j * value_row + c * LANES);
 #pragma GCC unroll 8
@@ -204,18 +205,21 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
                               ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
                               ptrdiff_t n_keys, REAL *scores, ptrdiff_t width)
 {
+    const ptrdiff_t element_bytes = half ? 2 : (ptrdiff_t)sizeof(REAL);
+    const ptrdiff_t row_bytes = key_row * element_bytes;
+    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
+    const ptrdiff_t prefetch_bytes = FA_PREFETCH_DISTANCE ? head_dim_pad * element_bytes : 0;
     ptrdiff_t j = 0;
     for (; j + 2 <= n_keys; j += 2) {
         VREAL a0[FA_DECODE_MAX_ROWS], a1[FA_DECODE_MAX_ROWS];
 #pragma GCC unroll 8
         for (int r = 0; r < rows; ++r) a0[r] = a1[r] = VSPLAT(0);
         const ptrdiff_t k0 = j * key_row, k1 = k0 + key_row;
-#if FA_PREFETCH_KEYS
-        /* the keys a few rows on, from memory (the tile streams through once) */
-        for (ptrdiff_t b = 0; b < 2 * key_row * (half ? 2 : (ptrdiff_t)sizeof(REAL)); b += 64)
-            FA_PREFETCH((const char *)key + (k0 + FA_PREFETCH_KEYS * key_row) *
-                               (half ? 2 : (ptrdiff_t)sizeof(REAL)) + b);
-#endif
+        /* the keys some way on, from memory (the tile streams through once) */
+        for (ptrdiff_t b = 0; b < prefetch_bytes; b += 64) {
+            FA_PREFETCH((const char *)key + (k0 + ahead * key_row) * element_bytes + b);
+            FA_PREFETCH((const char *)key + (k1 + ahead * key_row) * element_bytes + b);
+        }
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
             const VREAL x0 = FA_LOAD_KV(half, key, k0 + c), x1 = FA_LOAD_KV(half, key, k1 + c);
 #pragma GCC unroll 8
@@ -267,7 +271,7 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int half, const REAL *query,
 FA_INLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_t width,
                                      ptrdiff_t n_keys, ptrdiff_t n_queries, const void *value,
                                      ptrdiff_t value_row, ptrdiff_t value_dim_pad,
-                                     const REAL *rescale, REAL *acc)
+                                     const REAL *rescale, REAL *acc, int prefetch)
 {
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
     for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
@@ -275,6 +279,9 @@ FA_INLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_
         const REAL *p = probs + j0 * width;
         /* the accumulator shrinks once, on the first chunk */
         const REAL *shrink = j0 == 0 ? rescale : NULL;
+        /* values read in place: the first column block prefetches whole rows */
+        const ptrdiff_t row_prefetch = prefetch && FA_PREFETCH_DISTANCE
+                                       ? value_dim_pad * (half ? 2 : (ptrdiff_t)sizeof(REAL)) : 0;
         for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_VALUE_VECS) {
             const int vecs = (int)(n_vecs - c0 < FA_VALUE_VECS ? n_vecs - c0 : FA_VALUE_VECS);
             const void *v = (const char *)value + (j0 * value_row + c0 * LANES) *
@@ -284,13 +291,13 @@ FA_INLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_
             for (; i + FA_VALUE_ROWS <= n_queries; i += FA_VALUE_ROWS)
                 FA_DISPATCH_VECS(FN(value_block), vecs, FA_VALUE_ROWS, half, p + i, width, nk, v,
                                  value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad,
-                                 value_dim_pad)
+                                 value_dim_pad, c0 == 0 ? row_prefetch : 0)
             /* the rows left (a few queries: decoding) as one block, each V row
              * loaded once for all of them */
             switch (n_queries - i) {
 #define FA_VALUE_REST(n) case n: FA_DISPATCH_VECS(FN(value_block), vecs, n, half, p + i, width, nk, v, \
                                  value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad, \
-                                 value_dim_pad) break;
+                                 value_dim_pad, c0 == 0 ? row_prefetch : 0) break;
             FA_VALUE_REST(1) FA_VALUE_REST(2) FA_VALUE_REST(3) FA_VALUE_REST(4)
             FA_VALUE_REST(5) FA_VALUE_REST(6) FA_VALUE_REST(7)
 #undef FA_VALUE_REST
@@ -655,14 +662,14 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         const void *value_tile = (const char *)job->value + k0 * job->value_row_stride * kv_bytes;
         if (values_in_place && half) {
             FN(accumulate_values)(REAL_IS_FLOAT, w.scores, width, nk, nq, value_tile,
-                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc);
+                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc, 1);
         } else if (values_in_place) {
             FN(accumulate_values)(0, w.scores, width, nk, nq, value_tile,
-                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc);
+                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc, 1);
         } else {
             FN(pack_values)(job, k0, nk, value_dim_pad, w.packed_value);
             FN(accumulate_values)(0, w.scores, width, nk, nq, w.packed_value, value_dim_pad,
-                                  value_dim_pad, w.rescale, w.acc);
+                                  value_dim_pad, w.rescale, w.acc, 0);
         }
     }
 
