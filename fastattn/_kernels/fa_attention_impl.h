@@ -57,6 +57,21 @@ typedef struct {
                             for the decoding path */
 } FN(scratch);
 
+/* Scratch parts of sizes[k] elements each, one after another from `base`, each at a
+ * cache line; *slots[k] points at part k (base NULL: only count). Returns the bytes
+ * needed. malloc aligns to 16 bytes: the parts start at the next cache line, so that
+ * no vector load of the scratch splits across two lines. */
+static size_t FN(carve_scratch)(char *base, int n_parts, const ptrdiff_t *sizes,
+                                REAL **const *slots)
+{
+    size_t offset = base ? (size_t)(-(uintptr_t)base % FA_SCRATCH_ALIGN) : 0;
+    for (int k = 0; k < n_parts; ++k) {
+        if (base) *slots[k] = (REAL *)(base + offset);
+        offset += FA_ROUND_UP(sizes[k] * sizeof(REAL), FA_SCRATCH_ALIGN);
+    }
+    return offset + (base ? 0 : FA_SCRATCH_ALIGN);
+}
+
 /* One place that decides the scratch layout: used to size it and to carve it up. */
 static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t head_dim,
                          ptrdiff_t value_dim, char *base, FN(scratch) *parts)
@@ -74,14 +89,7 @@ static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t 
         &parts->row_max, &parts->row_sum, &parts->shift, &parts->rescale,
         &parts->column_position, &parts->column_slope, &parts->packed_key, &parts->query_rows,
     };
-    /* malloc aligns to 16 bytes: start at the next cache line, so that no vector
-     * load of the scratch splits across two lines */
-    size_t offset = base ? (size_t)(-(uintptr_t)base % FA_SCRATCH_ALIGN) : 0;
-    for (int k = 0; k < N_PARTS; ++k) {
-        if (base) *slots[k] = (REAL *)(base + offset);
-        offset += FA_ROUND_UP(sizes[k] * sizeof(REAL), FA_SCRATCH_ALIGN);
-    }
-    return offset + (base ? 0 : FA_SCRATCH_ALIGN);
+    return FN(carve_scratch)(base, N_PARTS, sizes, slots);
 }
 
 size_t FN(fa_scratch_bytes)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
@@ -783,12 +791,7 @@ static size_t FN(backward_layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
         &parts->packed_key, &parts->lse, &parts->delta, &parts->column_position,
         &parts->column_slope,
     };
-    size_t offset = base ? (size_t)(-(uintptr_t)base % FA_SCRATCH_ALIGN) : 0;
-    for (int k = 0; k < N_PARTS; ++k) {
-        if (base) *slots[k] = (REAL *)(base + offset);
-        offset += FA_ROUND_UP(sizes[k] * sizeof(REAL), FA_SCRATCH_ALIGN);
-    }
-    return offset + (base ? 0 : FA_SCRATCH_ALIGN);
+    return FN(carve_scratch)(base, N_PARTS, sizes, slots);
 }
 
 size_t FN(fa_backward_scratch_bytes)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
