@@ -238,10 +238,8 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
             }
         }
 #pragma GCC unroll 8
-        for (int r = 0; r < rows; ++r) {
-            scores[j * width + r] = VHSUM(a0[r]);
-            scores[(j + 1) * width + r] = VHSUM(a1[r]);
-        }
+        for (int r = 0; r < rows; ++r)
+            VHSUM2(a0[r], a1[r], scores + j * width + r, scores + (j + 1) * width + r);
     }
     for (; j < n_keys; ++j) {
         VREAL a0[FA_DECODE_MAX_ROWS];

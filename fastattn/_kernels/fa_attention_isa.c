@@ -23,6 +23,7 @@
 #define VTANH tanh_f32
 #define VABS abs_f32
 #define VHSUM hsum_f32
+#define VHSUM2 hsum2_f32
 #define REAL_IS_FLOAT 1
 #include "fa_attention_impl.h"
 #undef REAL
@@ -39,6 +40,7 @@
 #undef VTANH
 #undef VABS
 #undef VHSUM
+#undef VHSUM2
 #undef REAL_IS_FLOAT
 
 #define REAL double
@@ -55,5 +57,6 @@
 #define VTANH tanh_f64
 #define VABS abs_f64
 #define VHSUM hsum_f64
+#define VHSUM2 hsum2_f64
 #define REAL_IS_FLOAT 0
 #include "fa_attention_impl.h"

@@ -398,6 +398,41 @@ FA_INLINE vf32 load_half_f32(const uint16_t *p) {
 #endif
 }
 
+/* The sums of two vectors at once (*sum_a, *sum_b): one reduction tree for both,
+ * about half the shuffles of two hsums (the decoding path reduces a dot product per
+ * key and query row). */
+#if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX512)
+FA_INLINE void hsum2_f32(vf32 a, vf32 b, float *sum_a, float *sum_b) {
+    /* 128-bit lanes [a0 + a2, a1 + a3, b0 + b2, b1 + b3], then each half folded */
+    __m512 x = _mm512_add_ps(_mm512_shuffle_f32x4((__m512)a, (__m512)b, 0x44),
+                             _mm512_shuffle_f32x4((__m512)a, (__m512)b, 0xEE));
+    x = _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, 0xB1));
+    x = _mm512_add_ps(x, _mm512_permute_ps(x, 0x4E));
+    x = _mm512_add_ps(x, _mm512_permute_ps(x, 0xB1));
+    *sum_a = _mm512_cvtss_f32(x);
+    *sum_b = _mm_cvtss_f32(_mm512_extractf32x4_ps(x, 2));
+}
+#elif !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
+FA_INLINE void hsum2_f32(vf32 a, vf32 b, float *sum_a, float *sum_b) {
+    /* [a.lo + a.hi | b.lo + b.hi], then each half folded */
+    __m256 x = _mm256_add_ps(_mm256_permute2f128_ps((__m256)a, (__m256)b, 0x20),
+                             _mm256_permute2f128_ps((__m256)a, (__m256)b, 0x31));
+    x = _mm256_add_ps(x, _mm256_permute_ps(x, 0x4E));
+    x = _mm256_add_ps(x, _mm256_permute_ps(x, 0xB1));
+    *sum_a = _mm256_cvtss_f32(x);
+    *sum_b = _mm_cvtss_f32(_mm256_extractf128_ps(x, 1));
+}
+#else
+FA_INLINE void hsum2_f32(vf32 a, vf32 b, float *sum_a, float *sum_b) {
+    *sum_a = hsum_f32(a);
+    *sum_b = hsum_f32(b);
+}
+#endif
+FA_INLINE void hsum2_f64(vf64 a, vf64 b, double *sum_a, double *sum_b) {
+    *sum_a = hsum_f64(a);
+    *sum_b = hsum_f64(b);
+}
+
 /* Query rows up to which a tile takes the decoding path (scores as dot products
  * along the head dim, the key's row loaded once for all rows) instead of the
  * outer-product micro-kernel, whose one-vector-wide tiles are mostly padding. */
