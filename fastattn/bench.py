@@ -325,6 +325,19 @@ def _import_threadpoolctl():
     return threadpoolctl
 
 
+def _torch_sdpa(torch, arrays, ours, tolerance=1e-4, **kwargs):
+    """torch's SDPA on (q, k, v) as a call without autograd, once it has matched
+    ``ours`` (``_checked``); None without torch or when it differs."""
+    if torch is None:
+        return None
+    tq, tk, tv = (torch.from_numpy(a) for a in arrays)
+
+    def call():
+        with torch.no_grad():
+            return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, **kwargs)
+    return _checked("torch", call, ours, tolerance, lambda t: t.numpy())
+
+
 def _checked(name, call, ours, tolerance=1e-4, to_numpy=np.asarray):
     """``call`` when one call of it gives fastattn's output (same shape and dtype,
     allclose at ``tolerance``, absolute and relative), else None: a peer that fails
@@ -383,15 +396,10 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "fl
             contenders = {"fastattn": lambda: attention_with_kvcache(
                 q, k_cache, v_cache, n_keys, num_threads=threads)}
             tolerance = 2e-3 if dtype == np.float16 else 1e-4
-            if torch is not None:
-                tq, tk, tv = (torch.from_numpy(a) for a in (q, k_cache, v_cache))
-
-                def torch_decode():
-                    with torch.no_grad():
-                        return torch.nn.functional.scaled_dot_product_attention(
-                            tq, tk, tv, enable_gqa=True)
-                if _checked("torch", torch_decode, ours, tolerance, lambda t: t.numpy()):
-                    contenders["torch"] = torch_decode
+            torch_decode = _torch_sdpa(torch, (q, k_cache, v_cache), ours, tolerance,
+                                       enable_gqa=True)
+            if torch_decode:
+                contenders["torch"] = torch_decode
             session = _onnx_attention(batch, q_heads, kv_heads, 1, n_keys, head_dim, dtype, threads)
             if session is not None:
                 feeds = {"Q": q, "K": k_cache, "V": v_cache}
@@ -757,15 +765,9 @@ def run_prefill(torch, threads, args):
             q, k, v, is_causal=causal, num_threads=threads)}
         if length <= args.numpy_max_length:
             contenders["numpy"] = lambda: materialized_attention(q, k, v, causal)
-        if torch is not None:
-            tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
-
-            def torch_call():
-                with torch.no_grad():
-                    return torch.nn.functional.scaled_dot_product_attention(
-                        tq, tk, tv, is_causal=causal)
-            if _checked("torch", torch_call, ours, to_numpy=lambda t: t.numpy()):
-                contenders["torch"] = torch_call
+        torch_call = _torch_sdpa(torch, (q, k, v), ours, is_causal=causal)
+        if torch_call:
+            contenders["torch"] = torch_call
         if onnxruntime is not None:
             session = _onnx_attention(batch, heads, heads, length, length, head_dim, dtype,
                                       threads, is_causal=causal)
