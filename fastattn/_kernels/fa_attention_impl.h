@@ -45,7 +45,7 @@
 
 typedef struct {
     REAL *packed_query;  /* head_dim x tile_queries */
-    REAL *scores;        /* tile_keys x tile_queries */
+    REAL *scores;        /* tile_keys x tile_queries (and a vector more: see fa_attend) */
     REAL *acc;           /* tile_queries x value_dim (padded to lanes) */
     REAL *packed_value;  /* tile_keys x value_dim (padded to lanes), aligned */
     REAL *row_max, *row_sum, *shift, *rescale;   /* tile_queries each */
@@ -80,7 +80,7 @@ static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t 
     const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
     enum { N_PARTS = 12 };
     const ptrdiff_t sizes[N_PARTS] = {
-        head_dim * tile_queries, tile_keys * tile_queries, tile_queries * value_dim_pad,
+        head_dim * tile_queries, tile_keys * tile_queries + LANES, tile_queries * value_dim_pad,
         tile_keys * value_dim_pad, tile_queries, tile_queries, tile_queries, tile_queries,
         tile_queries, tile_queries, tile_keys * head_dim_pad, FA_DECODE_MAX_ROWS * head_dim_pad,
     };
@@ -313,6 +313,38 @@ FA_INLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_
     }
 }
 
+/* ALiBi and the band for rows of S narrower than a vector (decoding): lane l holds
+ * column l % width of key l / width, and `position` and `slope` hold each lane's
+ * column's (see fa_attend). The keys that fill the last vector are transformed too,
+ * and ignored. */
+static void FN(transform_narrow_rows)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                                      ptrdiff_t width, ptrdiff_t first_position,
+                                      const REAL *position, const REAL *slope, REAL *scores,
+                                      int inside_band)
+{
+    if (!job->alibi_slopes && inside_band) return;
+    const ptrdiff_t keys_per_vector = LANES / width;
+    const ptrdiff_t left = job->window_left, right = job->window_right;
+    REAL lane_key[LANES];
+    for (ptrdiff_t l = 0; l < LANES; ++l) lane_key[l] = (REAL)(l / width);
+    const VREAL key_offset = VLOAD(lane_key), p = VLOAD(position), sl = VLOAD(slope);
+    const VREAL hidden = VSPLAT(-INFINITY);
+    for (ptrdiff_t j = 0; j < n_keys; j += keys_per_vector) {
+        REAL *at = scores + j * width;
+        /* relative positions: whole numbers, exact as REAL near the band's edges */
+        const ptrdiff_t k = key_start + j - first_position;
+        VREAL s = VLOAD(at);
+        if (job->alibi_slopes) s -= VABS(p - (VSPLAT((REAL)k) + key_offset)) * sl;
+        if (!inside_band) {
+            const VREAL lowest = VSPLAT((REAL)(k - right)) + key_offset;
+            const VREAL highest = VSPLAT((REAL)(k + left)) + key_offset;
+            s = VWHERE((VINT)(p >= lowest), s, hidden);
+            s = VWHERE((VINT)(p <= highest), s, hidden);
+        }
+        VSTORE(at, s);
+    }
+}
+
 /* The scores of keys [key_start, key_start + n_keys) for this tile's queries,
  * in place, in the order the conventions fix: softcap (on the scaled score),
  * ALiBi bias, then the masks (the band of keys each query may see, the caller's
@@ -336,7 +368,18 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
             VSTORE(scores + at, t * cap);
         }
     }
-    if (job->alibi_slopes) {
+    /* key k is seen by the columns whose position p has k - right <= p <= k + left;
+     * the positions grow with the column, so the first and last columns decide
+     * whether the whole tile is inside the band (the padding columns past the
+     * tile's queries repeat the last position, and are ignored either way) */
+    const ptrdiff_t left = job->window_left, right = job->window_right;
+    const ptrdiff_t last_position = first_position + (ptrdiff_t)position[nq - 1];
+    const int inside_band = key_start + n_keys - 1 - right <= first_position &&
+                            key_start + left >= last_position;
+    if (width < LANES) {
+        FN(transform_narrow_rows)(job, key_start, n_keys, width, first_position, position,
+                                  slope, scores, inside_band);
+    } else if (job->alibi_slopes) {
         /* score[j][i] -= slope[i] * |position[i] - (key_start + j)| */
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
             const VREAL k = VSPLAT((REAL)(key_start + j - first_position));
@@ -347,15 +390,7 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
         }
     }
 
-    /* key k is seen by the columns whose position p has k - right <= p <= k + left;
-     * the positions grow with the column, so the first and last columns decide
-     * whether the whole tile is inside the band (the padding columns past the
-     * tile's queries repeat the last position, and are ignored either way) */
-    const ptrdiff_t left = job->window_left, right = job->window_right;
-    const ptrdiff_t last_position = first_position + (ptrdiff_t)position[nq - 1];
-    const int inside_band = key_start + n_keys - 1 - right <= first_position &&
-                            key_start + left >= last_position;
-    if (!inside_band) {
+    if (!inside_band && width >= LANES) {
         const VREAL hidden = VSPLAT(-INFINITY);
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
             REAL *s = scores + j * width;
@@ -388,14 +423,29 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
     }
 }
 
+/* Lanes l and l + k * period of a vector (period < LANES) hold the same query
+ * column: the max over each such set of lanes, in every lane of it. NaN wins, as
+ * in VMAX with scores as `b`. */
+FA_INLINE VREAL FN(fold_max)(VREAL x, ptrdiff_t period)
+{
+    REAL lanes[LANES];
+    VSTORE(lanes, x);
+    for (ptrdiff_t l = period; l < LANES; ++l)
+        if (!(lanes[l] <= lanes[l % period])) lanes[l % period] = lanes[l];
+    for (ptrdiff_t l = period; l < LANES; ++l) lanes[l] = lanes[l % period];
+    return VLOAD(lanes);
+}
+
 /* The online-softmax step for `vecs` vectors of query columns: update the
  * running max and sum, turn scores into probabilities in place, and leave in
  * `rescale` the factor e^(m - m') by which the accumulator must shrink. The
  * columns are independent, so `vecs` of them in flight hide the latency of the
- * max and sum chains. */
+ * max and sum chains. With `period` < LANES (one vector), lanes `period` apart
+ * are one column: they share its max, and the sums of its lanes are added up by
+ * the caller at the end. */
 FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_keys,
                                    ptrdiff_t width, REAL *row_max, REAL *row_sum,
-                                   REAL *shift, REAL *rescale)
+                                   REAL *shift, REAL *rescale, ptrdiff_t period)
 {
     VREAL tile_max[FA_MAX_BLOCK_VECS], s[FA_MAX_BLOCK_VECS], sum[FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 4
@@ -404,6 +454,7 @@ FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_key
 #pragma GCC unroll 4
         for (int c = 0; c < vecs; ++c)
             tile_max[c] = VMAX(tile_max[c], VLOAD(scores + j * width + c * LANES));
+    if (period < LANES) tile_max[0] = FN(fold_max)(tile_max[0], period);
 #pragma GCC unroll 4
     for (int c = 0; c < vecs; ++c) {
         const VREAL old_max = VLOAD(row_max + c * LANES);
@@ -433,11 +484,21 @@ FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_key
 static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
                                REAL *row_max, REAL *row_sum, REAL *shift, REAL *rescale)
 {
+    if (width < LANES) {
+        /* narrow rows (decoding): LANES / width keys per vector; the keys that
+         * fill the last vector count for nothing */
+        const ptrdiff_t keys_per_vector = LANES / width;
+        const ptrdiff_t n_vectors = (n_keys + keys_per_vector - 1) / keys_per_vector;
+        for (ptrdiff_t at = n_keys * width; at < n_vectors * LANES; ++at) scores[at] = -INFINITY;
+        FN(softmax_columns)(1, scores, n_vectors, LANES, row_max, row_sum, shift, rescale,
+                            width);
+        return;
+    }
     for (ptrdiff_t c0 = 0; c0 < width; c0 += FA_MAX_BLOCK_VECS * LANES) {
         const ptrdiff_t left = (width - c0) / LANES;
         const int vecs = (int)(left < FA_MAX_BLOCK_VECS ? left : FA_MAX_BLOCK_VECS);
         FA_DISPATCH_VECS(FN(softmax_columns), vecs, scores + c0, n_keys, width,
-                         row_max + c0, row_sum + c0, shift + c0, rescale + c0)
+                         row_max + c0, row_sum + c0, shift + c0, rescale + c0, LANES)
     }
 }
 
@@ -593,7 +654,6 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
 {
     const ptrdiff_t nq = job->n_queries, q0 = job->query_start;
     const ptrdiff_t head_dim = job->head_dim, value_dim = job->value_dim;
-    const ptrdiff_t width = FA_ROUND_UP(nq, LANES);
     const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
     FN(scratch) w;
     FN(layout)(job->tile_queries, job->tile_keys, head_dim, value_dim,
@@ -604,6 +664,17 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
     /* a few rows (decoding): scores as dot products, from row-major Q */
     const int decoding = LANES > 1 && nq <= FA_DECODE_MAX_ROWS;
+    /* A row of S holds `width` query columns: whole vectors, or when decoding the
+     * rows rounded up to a power of two, LANES / width keys to a vector when that
+     * is narrower (the softmax's exp then runs on scores, not on padding: with one
+     * query row, 1/16 of the lanes of an AVX-512 vector). */
+    ptrdiff_t width = FA_ROUND_UP(nq, LANES);
+    if (decoding) {
+        ptrdiff_t narrow = 1;
+        while (narrow < nq) narrow *= 2;
+        if (narrow < width) width = narrow;
+    }
+    const ptrdiff_t state_width = width < LANES ? LANES : width;   /* row_max, row_sum */
     if (decoding) {
         for (ptrdiff_t i = 0; i < nq; ++i) {
             REAL *row = w.query_rows + i * head_dim_pad;
@@ -613,12 +684,12 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         }
         /* the padding columns of S are never written by the dot products: make them
          * finite once (the softmax leaves finite values in them after each tile) */
-        for (ptrdiff_t j = 0; j < job->tile_keys; ++j)
+        for (ptrdiff_t j = 0; j < job->tile_keys + LANES / width; ++j)
             for (ptrdiff_t i = nq; i < width; ++i) w.scores[j * width + i] = 0;
     } else {
         FN(pack_query_t)(job, width, w.packed_query);
     }
-    for (ptrdiff_t i = 0; i < width; ++i) {
+    for (ptrdiff_t i = 0; i < state_width; ++i) {
         w.row_max[i] = -INFINITY;
         w.row_sum[i] = 0;
     }
@@ -627,6 +698,11 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     ptrdiff_t first_position, key_begin, key_end;
     FN(tile_band)(job, width, w.column_position, w.column_slope, &first_position, &key_begin,
                   &key_end);
+    /* narrow rows: lane l of a vector is column l % width */
+    for (ptrdiff_t l = state_width - 1; l >= width; --l) {
+        w.column_position[l] = w.column_position[l % width];
+        w.column_slope[l] = w.column_slope[l % width];
+    }
 
     /* The decoding path reads keys and values where they are, float16 included
      * (converted as vectors are loaded), when rows are whole vectors; otherwise
@@ -679,6 +755,8 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         }
     }
 
+    /* narrow rows: each column's sum is spread over its lanes */
+    for (ptrdiff_t l = width; l < state_width; ++l) w.row_sum[l % width] += w.row_sum[l];
     if (job->weights) FN(normalize_weights)(job, key_begin, key_end, w.row_max, w.row_sum);
     if (job->lse) {
         /* log sum_j e^(s_j) = m + log l; -inf for a query that saw no key */
