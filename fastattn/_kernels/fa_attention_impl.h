@@ -155,8 +155,8 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
         VREAL v[FA_MAX_BLOCK_VECS];
         /* the value row some way on, from memory (rows read in place stream through
          * once): the caller's first column block asks for the whole row */
-        for (ptrdiff_t b = 0; b < prefetch_bytes; b += 64)
-            FA_PREFETCH((const char *)value + (j + ahead) * row_bytes + b);
+        if (prefetch_bytes) fa_prefetch_row((const char *)value + (j + ahead) * row_bytes,
+                                            prefetch_bytes);
 #pragma GCC unroll 8
         for (int c = 0; c < vecs; ++c) v[c] = FA_LOAD_KV(half, value, j * value_row + c * LANES);
 #pragma GCC unroll 8
@@ -224,9 +224,11 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
         for (int r = 0; r < rows; ++r) a0[r] = a1[r] = VSPLAT(0);
         const ptrdiff_t k0 = j * key_row, k1 = k0 + key_row;
         /* the keys some way on, from memory (the tile streams through once) */
-        for (ptrdiff_t b = 0; b < prefetch_bytes; b += 64) {
-            FA_PREFETCH((const char *)key + (k0 + ahead * key_row) * element_bytes + b);
-            FA_PREFETCH((const char *)key + (k1 + ahead * key_row) * element_bytes + b);
+        if (prefetch_bytes) {
+            fa_prefetch_row((const char *)key + (k0 + ahead * key_row) * element_bytes,
+                            prefetch_bytes);
+            fa_prefetch_row((const char *)key + (k1 + ahead * key_row) * element_bytes,
+                            prefetch_bytes);
         }
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
             const VREAL x0 = FA_LOAD_KV(half, key, k0 + c), x1 = FA_LOAD_KV(half, key, k1 + c);
