@@ -257,10 +257,74 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
     }
 }
 
+/* dot_scores for rows of S no wider than a vector (width <= LANES, the rows rounded
+ * up to a power of two; LANES / width keys to a vector): the LANES dot products of
+ * a vector's keys and rows are reduced together (transpose_sums) and stored as that
+ * vector, instead of one reduction per key and row. The slots of padding rows stay
+ * zero; keys short of a whole vector go row by row (dot_scores). */
+FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int half,
+                                     const REAL *query, ptrdiff_t head_dim_pad, const void *key,
+                                     ptrdiff_t key_row, ptrdiff_t n_keys, REAL *scores)
+{
+    if (width > LANES) return;   /* never called so: no instance for it */
+    const int keys_per_vector = LANES / width;
+    const ptrdiff_t element_bytes = half ? 2 : (ptrdiff_t)sizeof(REAL);
+    const ptrdiff_t row_bytes = key_row * element_bytes;
+    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
+    const ptrdiff_t prefetch_bytes = FA_PREFETCH_DISTANCE ? head_dim_pad * element_bytes : 0;
+    ptrdiff_t j = 0;
+    for (; j + keys_per_vector <= n_keys; j += keys_per_vector) {
+        VREAL acc[LANES];
+#pragma GCC unroll 16
+        for (int slot = 0; slot < LANES; ++slot) acc[slot] = VSPLAT(0);
+        /* the keys some way on, from memory (the tile streams through once) */
+        if (prefetch_bytes)
+#pragma GCC unroll 16
+            for (int k = 0; k < keys_per_vector; ++k)
+                fa_prefetch_row((const char *)key + (j + k + ahead) * row_bytes, prefetch_bytes);
+        /* up to 4 keys at a time along the head dim: 16 keys' row pointers at once
+         * (one query row) spilled registers */
+#pragma GCC unroll 4
+        for (int k0 = 0; k0 < keys_per_vector; k0 += FA_DECODE_KEY_BLOCK) {
+            const int n_block = keys_per_vector < FA_DECODE_KEY_BLOCK ? keys_per_vector
+                                                                        : FA_DECODE_KEY_BLOCK;
+            const void *block = (const char *)key + (j + k0) * row_bytes;
+            for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+                VREAL x[FA_DECODE_KEY_BLOCK];
+#pragma GCC unroll 4
+                for (int k = 0; k < n_block; ++k) x[k] = FA_LOAD_KV(half, block, k * key_row + c);
+#pragma GCC unroll 8
+                for (int r = 0; r < rows; ++r) {
+                    const VREAL q = VLOAD(query + r * head_dim_pad + c);
+#pragma GCC unroll 4
+                    for (int k = 0; k < n_block; ++k) acc[(k0 + k) * width + r] += x[k] * q;
+                }
+            }
+        }
+        VSTORE(scores + j * width, VTSUMS(acc));
+    }
+    if (j < n_keys)
+        FN(dot_scores)(rows, half, query, head_dim_pad, (const char *)key + j * row_bytes,
+                       key_row, n_keys - j, scores + j * width, width);
+}
+
 static void FN(dot_scores_rows)(ptrdiff_t rows, int half, const REAL *query,
                                 ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
                                 ptrdiff_t n_keys, REAL *scores, ptrdiff_t width)
 {
+    if (width <= LANES) {
+        switch (rows + (half ? 100 : 0)) {
+#define FA_DOT_NARROW(n, w) \
+        case n: FN(dot_scores_narrow)(n, w, 0, query, head_dim_pad, key, key_row, n_keys, \
+                                      scores); return;                                    \
+        case n + 100: FN(dot_scores_narrow)(n, w, REAL_IS_FLOAT, query, head_dim_pad, key, \
+                                            key_row, n_keys, scores); return;
+        FA_DOT_NARROW(1, 1) FA_DOT_NARROW(2, 2) FA_DOT_NARROW(3, 4) FA_DOT_NARROW(4, 4)
+        FA_DOT_NARROW(5, 8) FA_DOT_NARROW(6, 8) FA_DOT_NARROW(7, 8) FA_DOT_NARROW(8, 8)
+#undef FA_DOT_NARROW
+        default: break;
+        }
+    }
     switch (rows + (half ? 100 : 0)) {
 #define FA_DOT_ROWS(n) case n: FN(dot_scores)(n, 0, query, head_dim_pad, key, key_row, n_keys, \
                                                scores, width); break;                        \
@@ -275,8 +339,9 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int half, const REAL *query,
 
 /* acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
  * The keys are walked in chunks of FA_VALUE_CHUNK so that the panel of V a
- * register block streams through (chunk x block width) stays in L1. */
-FA_INLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_t width,
+ * register block streams through (chunk x block width) stays in L1. A function of
+ * its own: inlined into fa_attend, its loops spilled their counters to the stack. */
+FA_NOINLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_t width,
                                      ptrdiff_t n_keys, ptrdiff_t n_queries, const void *value,
                                      ptrdiff_t value_row, ptrdiff_t value_dim_pad,
                                      const REAL *rescale, REAL *acc, int prefetch)

@@ -24,6 +24,7 @@
 #define VABS abs_f32
 #define VHSUM hsum_f32
 #define VHSUM2 hsum2_f32
+#define VTSUMS transpose_sums_f32
 #define REAL_IS_FLOAT 1
 #include "fa_attention_impl.h"
 #undef REAL
@@ -41,6 +42,7 @@
 #undef VABS
 #undef VHSUM
 #undef VHSUM2
+#undef VTSUMS
 #undef REAL_IS_FLOAT
 
 #define REAL double
@@ -58,5 +60,6 @@
 #define VABS abs_f64
 #define VHSUM hsum_f64
 #define VHSUM2 hsum2_f64
+#define VTSUMS transpose_sums_f64
 #define REAL_IS_FLOAT 0
 #include "fa_attention_impl.h"

@@ -74,8 +74,10 @@
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #  define FA_INLINE static __forceinline
+#  define FA_NOINLINE static __declspec(noinline)
 #else
 #  define FA_INLINE static inline __attribute__((always_inline))
+#  define FA_NOINLINE static __attribute__((noinline))
 #endif
 
 #if defined(FA_PORTABLE)
@@ -434,10 +436,66 @@ FA_INLINE void hsum2_f64(vf64 a, vf64 b, double *sum_a, double *sum_b) {
     *sum_b = hsum_f64(b);
 }
 
+/* The sums of LANES vectors as one vector: lane i = the sum of x[i]'s lanes. A
+ * transposing reduction tree, each level adding the halves of two vectors' partial
+ * sums (one shuffle pair and one add per two vectors): 45 instructions for 16 sums
+ * on AVX-512 instead of 16 separate reductions. The tree leaves lane 4q + m (AVX2:
+ * 4q + m too, q < 2) holding the sum of input slot 4m + q (2m + q): the inputs are
+ * read in that order, so that lane i comes out as x[i]. */
+#if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX512)
+FA_INLINE vf32 transpose_sums_f32(const vf32 *x) {
+    __m512 level1[8], level2[4], level3[2];
+    for (int i = 0; i < 8; ++i) {
+        /* slot s = 4m + q reads x[4q + m] */
+        const int s0 = 2 * i, s1 = 2 * i + 1;
+        const __m512 a = (__m512)x[4 * (s0 % 4) + s0 / 4], b = (__m512)x[4 * (s1 % 4) + s1 / 4];
+        level1[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44),
+                                  _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+    for (int i = 0; i < 4; ++i)
+        level2[i] = _mm512_add_ps(_mm512_shuffle_f32x4(level1[2 * i], level1[2 * i + 1], 0x88),
+                                  _mm512_shuffle_f32x4(level1[2 * i], level1[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; ++i)
+        level3[i] = _mm512_add_ps(_mm512_shuffle_ps(level2[2 * i], level2[2 * i + 1], 0x44),
+                                  _mm512_shuffle_ps(level2[2 * i], level2[2 * i + 1], 0xEE));
+    return (vf32)_mm512_add_ps(_mm512_shuffle_ps(level3[0], level3[1], 0x88),
+                               _mm512_shuffle_ps(level3[0], level3[1], 0xDD));
+}
+#elif !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
+FA_INLINE vf32 transpose_sums_f32(const vf32 *x) {
+    __m256 level1[4], level2[2];
+    for (int i = 0; i < 4; ++i) {
+        /* slot t = 2m + q reads x[4q + m] */
+        const int t0 = 2 * i, t1 = 2 * i + 1;
+        const __m256 a = (__m256)x[4 * (t0 % 2) + t0 / 2], b = (__m256)x[4 * (t1 % 2) + t1 / 2];
+        level1[i] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20),
+                                  _mm256_permute2f128_ps(a, b, 0x31));
+    }
+    for (int i = 0; i < 2; ++i)
+        level2[i] = _mm256_add_ps(_mm256_shuffle_ps(level1[2 * i], level1[2 * i + 1], 0x44),
+                                  _mm256_shuffle_ps(level1[2 * i], level1[2 * i + 1], 0xEE));
+    return (vf32)_mm256_add_ps(_mm256_shuffle_ps(level2[0], level2[1], 0x88),
+                               _mm256_shuffle_ps(level2[0], level2[1], 0xDD));
+}
+#else
+FA_INLINE vf32 transpose_sums_f32(const vf32 *x) {
+    float sums[FA_LANES_F32];
+    for (int i = 0; i < FA_LANES_F32; ++i) sums[i] = hsum_f32(x[i]);
+    return load_f32(sums);
+}
+#endif
+FA_INLINE vf64 transpose_sums_f64(const vf64 *x) {
+    double sums[FA_LANES_F64];
+    for (int i = 0; i < FA_LANES_F64; ++i) sums[i] = hsum_f64(x[i]);
+    return load_f64(sums);
+}
+
 /* Query rows up to which a tile takes the decoding path (scores as dot products
  * along the head dim, the key's row loaded once for all rows) instead of the
  * outer-product micro-kernel, whose one-vector-wide tiles are mostly padding. */
 #define FA_DECODE_MAX_ROWS 8
+/* keys whose dot products the decoding path takes along the head dim together */
+#define FA_DECODE_KEY_BLOCK 4
 /* The decoding path's software prefetch: this many bytes of key (value) rows ahead
  * of the row being read (0: none). A distance in bytes, not rows: a float16 cache
  * streams twice as many rows per byte, and 12 rows (a float32 distance tuned at
