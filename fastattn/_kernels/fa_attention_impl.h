@@ -53,7 +53,8 @@ typedef struct {
                                                     position and ALiBi slope */
     REAL *packed_key;    /* tile_keys x head_dim_pad: a key tile converted from float16,
                             or padded for the decoding path */
-    REAL *query_rows;    /* FA_DECODE_MAX_ROWS x head_dim_pad: scale * Q, row-major,
+    REAL *query_rows;    /* FA_DECODE_MAX_ROWS x head_dim_pad: scale * Q, by vectors
+                            (FA_DECODE_QUERY_AT),
                             for the decoding path */
 } FN(scratch);
 
@@ -203,6 +204,11 @@ static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptr
     }
 }
 
+/* Where the decoding path keeps the vector of query row r at head-dim element c (a
+ * multiple of LANES): the rows' vectors at each c side by side, so that one pointer
+ * and constant offsets reach them all (a pointer per row spilled registers). */
+#define FA_DECODE_QUERY_AT(r, c) ((c) * FA_DECODE_MAX_ROWS + (r) * LANES)
+
 /* The decoding path's scores: columns 0 .. rows-1 of S (n_keys x width) =
  * K . (scale Q)^T as dot products along the head dim. Each key row is loaded once
  * (head_dim_pad / LANES vectors) and multiplied with every query row, two keys at a
@@ -234,7 +240,7 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
             const VREAL x0 = FA_LOAD_KV(half, key, k0 + c), x1 = FA_LOAD_KV(half, key, k1 + c);
 #pragma GCC unroll 8
             for (int r = 0; r < rows; ++r) {
-                const VREAL q = VLOAD(query + r * head_dim_pad + c);
+                const VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
                 a0[r] += x0 * q;
                 a1[r] += x1 * q;
             }
@@ -250,7 +256,7 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
             const VREAL x0 = FA_LOAD_KV(half, key, j * key_row + c);
 #pragma GCC unroll 8
-            for (int r = 0; r < rows; ++r) a0[r] += x0 * VLOAD(query + r * head_dim_pad + c);
+            for (int r = 0; r < rows; ++r) a0[r] += x0 * VLOAD(query + FA_DECODE_QUERY_AT(r, c));
         }
 #pragma GCC unroll 8
         for (int r = 0; r < rows; ++r) scores[j * width + r] = VHSUM(a0[r]);
@@ -295,7 +301,7 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
                 for (int k = 0; k < n_block; ++k) x[k] = FA_LOAD_KV(half, block, k * key_row + c);
 #pragma GCC unroll 8
                 for (int r = 0; r < rows; ++r) {
-                    const VREAL q = VLOAD(query + r * head_dim_pad + c);
+                    const VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
 #pragma GCC unroll 4
                     for (int k = 0; k < n_block; ++k) acc[(k0 + k) * width + r] += x[k] * q;
                 }
@@ -743,12 +749,12 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     }
     const ptrdiff_t state_width = width < LANES ? LANES : width;   /* row_max, row_sum */
     if (decoding) {
-        for (ptrdiff_t i = 0; i < nq; ++i) {
-            REAL *row = w.query_rows + i * head_dim_pad;
-            for (ptrdiff_t e = 0; e < head_dim; ++e)
-                row[e] = query[i * job->query_row_stride + e * job->query_col_stride] * scale;
-            for (ptrdiff_t e = head_dim; e < head_dim_pad; ++e) row[e] = 0;
-        }
+        for (ptrdiff_t i = 0; i < nq; ++i)
+            for (ptrdiff_t e = 0; e < head_dim_pad; ++e)
+                w.query_rows[FA_DECODE_QUERY_AT(i, e - e % LANES) + e % LANES] =
+                    e < head_dim ? query[i * job->query_row_stride + e * job->query_col_stride]
+                                   * scale
+                                 : 0;
         /* the padding columns of S are never written by the dot products: make them
          * finite once (the softmax leaves finite values in them after each tile) */
         for (ptrdiff_t j = 0; j < job->tile_keys + LANES / width; ++j)

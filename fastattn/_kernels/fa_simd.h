@@ -503,8 +503,11 @@ FA_INLINE vf64 transpose_sums_f64(const vf64 *x) {
 #ifndef FA_PREFETCH_DISTANCE
 #  define FA_PREFETCH_DISTANCE 6144
 #endif
+#ifndef FA_PREFETCH_LOCALITY
+#  define FA_PREFETCH_LOCALITY 3   /* __builtin_prefetch's: 3 = into L1 (prefetcht0) */
+#endif
 #if defined(__GNUC__) || defined(__clang__)
-#  define FA_PREFETCH(address) __builtin_prefetch(address)
+#  define FA_PREFETCH(address) __builtin_prefetch(address, 0, FA_PREFETCH_LOCALITY)
 #else
 #  define FA_PREFETCH(address) ((void)0)
 #endif
