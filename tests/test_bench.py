@@ -35,6 +35,7 @@ def test_bench_command_runs(tmp_path):
     assert "fastattn ms" in result.stdout and "peak memory beyond inputs" in result.stdout
     assert "sliding window" in result.stdout and "torch mask ms" in result.stdout
     assert "decode over a KV cache" in result.stdout and "% bw" in result.stdout
+    assert "float16 cache against float32" in result.stdout
     assert f"CPU: {cpu_model()}; SIMD path " in result.stdout
 
 
