@@ -152,15 +152,23 @@ cdef inline Py_ssize_t _batch_offset(const batch_layout *layout, int which,
     return offset
 
 
-def _batch_strides(array, Py_ssize_t n_trailing, tuple batch_shape):
-    """Byte strides of the batch dims of ``array`` (all but its last ``n_trailing``),
-    aligned to the end of ``batch_shape``: 0 where the array broadcasts or is absent."""
+cdef void _write_batch_strides(object array, Py_ssize_t n_trailing, Py_ssize_t n_dims,
+                               Py_ssize_t *out):
+    """out[0:n_dims] = the byte strides of the batch dims of ``array`` (all but its
+    last ``n_trailing``), aligned to the end of a batch shape of n_dims dims: 0
+    where the array broadcasts or is absent."""
+    cdef Py_ssize_t d, n_lead, pad
+    cdef cnp.ndarray a
+    for d in range(n_dims):
+        out[d] = 0
     if array is None:
-        return (0,) * len(batch_shape)
-    lead = array.shape[:array.ndim - n_trailing]
-    pad = (0,) * (len(batch_shape) - len(lead))
-    return pad + tuple(0 if n == 1 else st
-                       for n, st in zip(lead, array.strides[:array.ndim - n_trailing]))
+        return
+    a = <cnp.ndarray>array
+    n_lead = a.ndim - n_trailing
+    pad = n_dims - n_lead
+    for d in range(max(0, -pad), n_lead):    # (validated shapes never have more)
+        if a.shape[d] != 1:
+            out[pad + d] = a.strides[d]
 
 
 cdef inline Py_ssize_t _stride(array, int from_end, Py_ssize_t itemsize):
@@ -195,28 +203,17 @@ cdef Py_ssize_t *_fill_layout(Problem problem, Py_ssize_t heads_averaged,
     # the backward's gradients of keys and values: split 0's slice stands for all
     grad_key = None if problem.grad_key is None else problem.grad_key[0]
     grad_value = None if problem.grad_value is None else problem.grad_value[0]
-    cdef tuple operand_strides = (
-        _batch_strides(problem.query, 2, batch_shape),
-        _batch_strides(problem.key, 2, batch_shape),
-        _batch_strides(problem.value, 2, batch_shape),
-        _batch_strides(problem.mask, 2, batch_shape),
-        _batch_strides(problem.out, 2, batch_shape),
-        # averaged: every head of a group lands on the same (L, S) slice
-        (_batch_strides(problem.weights, 2, batch_shape[:n_dims - 1]) + (0,)
-         if heads_averaged > 1 else _batch_strides(problem.weights, 2, batch_shape)),
-        _batch_strides(problem.lse, 1, batch_shape),
-        _batch_strides(problem.alibi_slopes, 1, batch_shape),
-        _batch_strides(problem.key_lengths, 0, batch_shape),
-        _batch_strides(problem.query_offsets, 0, batch_shape),
-        _batch_strides(problem.grad_out, 2, batch_shape),
-        _batch_strides(problem.delta, 1, batch_shape),
-        _batch_strides(problem.grad_query, 2, batch_shape),
-        _batch_strides(grad_key, 2, batch_shape),
-        _batch_strides(grad_value, 2, batch_shape),
-    )
+    cdef tuple operands = (problem.query, problem.key, problem.value, problem.mask,
+                           problem.out, problem.weights, problem.lse, problem.alibi_slopes,
+                           problem.key_lengths, problem.query_offsets, problem.grad_out,
+                           problem.delta, problem.grad_query, grad_key, grad_value)
+    # the dims of each operand that are not batch dims (rows, columns, ...)
+    cdef Py_ssize_t n_trailing[N_OPERANDS]
+    n_trailing[:] = [2, 2, 2, 2, 2, 2, 1, 1, 0, 0, 2, 1, 2, 2, 2]
     cdef Py_ssize_t key_repeats = problem.head_repeats[0], value_repeats = problem.head_repeats[1]
-    cdef tuple head_divisors = (1, key_repeats, value_repeats, 1, 1, 1, 1, 1, 1, 1,
-                                1, 1, 1, key_repeats, value_repeats)
+    cdef Py_ssize_t head_divisor[N_OPERANDS]
+    head_divisor[:] = [1, key_repeats, value_repeats, 1, 1, 1, 1, 1, 1, 1,
+                       1, 1, 1, key_repeats, value_repeats]
     # sizes, then the batch strides of each operand, in one small C buffer
     cdef Py_ssize_t *dims = <Py_ssize_t *>malloc(
         ((N_OPERANDS + 1) * n_dims + 1) * sizeof(Py_ssize_t))
@@ -228,9 +225,14 @@ cdef Py_ssize_t *_fill_layout(Problem problem, Py_ssize_t heads_averaged,
         dims[d] = batch_shape[d]
     for which in range(N_OPERANDS):
         layout.strides[which] = dims + (which + 1) * n_dims
-        layout.head_divisor[which] = head_divisors[which]
-        for d in range(n_dims):
-            dims[(which + 1) * n_dims + d] = operand_strides[which][d]
+        layout.head_divisor[which] = head_divisor[which]
+        if which == WEIGHTS and heads_averaged > 1:
+            # averaged: every head of a group lands on the same (L, S) slice
+            _write_batch_strides(operands[which], 2, n_dims - 1, dims + (which + 1) * n_dims)
+            dims[(which + 2) * n_dims - 1] = 0
+        else:
+            _write_batch_strides(operands[which], n_trailing[which], n_dims,
+                                 dims + (which + 1) * n_dims)
     return dims
 
 

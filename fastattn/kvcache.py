@@ -46,6 +46,10 @@ def _check_seqlens(cache_seqlens, n_batch):
     if isinstance(cache_seqlens, bool):
         raise TypeError(f"cache_seqlens must be an int or a (B,) integer array, got "
                         f"{cache_seqlens!r}")
+    if isinstance(cache_seqlens, numbers.Integral):   # the common case, without array ops
+        if cache_seqlens < 0:
+            raise ValueError(f"cache_seqlens must be >= 0, got {[int(cache_seqlens)] * n_batch}")
+        return np.full(n_batch, int(cache_seqlens), dtype=np.int64)
     lengths = np.asarray(cache_seqlens)
     if lengths.dtype == np.bool_ or lengths.dtype.kind not in "iu":
         raise TypeError(f"cache_seqlens must be an int or a (B,) integer array, got dtype "
@@ -178,9 +182,10 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
 
     # the query rows of each group, position-major: row i * group + a is head a's row i
     compute_dtype = np.float64 if q.dtype == np.float64 else np.float32
-    rows = (q.reshape(n_batch, n_kv_heads, group, n_new, head_dim).transpose(0, 1, 3, 2, 4)
-            .astype(compute_dtype, order="C")
-            .reshape(n_batch, n_kv_heads, n_new * group, head_dim))
+    # (a view when there is one new row and the query is already compute_dtype)
+    rows = np.ascontiguousarray(
+        q.reshape(n_batch, n_kv_heads, group, n_new, head_dim).transpose(0, 1, 3, 2, 4),
+        dtype=compute_dtype).reshape(n_batch, n_kv_heads, n_new * group, head_dim)
     out_rows = np.empty((n_batch, n_kv_heads, n_new * group, value_dim), dtype=compute_dtype)
     lse_rows = (np.empty((n_batch, n_kv_heads, n_new * group), dtype=compute_dtype)
                 if return_lse else None)
@@ -201,14 +206,13 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     _sdpa.attend(_sdpa.Problem(
         query=rows, key=k_cache, value=v_cache, out=out_rows, lse=lse_rows,
         batch_shape=(n_batch, n_kv_heads), scale=float(scale),
-        query_offsets=np.broadcast_to(lengths[:, None], (n_batch, n_kv_heads)),
-        key_lengths=np.broadcast_to(key_lengths[:, None], (n_batch, n_kv_heads)),
+        query_offsets=lengths[:, None], key_lengths=key_lengths[:, None],   # (B, 1): per batch
         rows_per_position=group, window_left=window_left, window_right=window_right,
         softcap=softcap, alibi_slopes=slopes, n_splits=n_splits,
         tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa, num_threads=threads))
 
     out = (out_rows.reshape(n_batch, n_kv_heads, n_new, group, value_dim).transpose(0, 1, 3, 2, 4)
-           .reshape(n_batch, n_query_heads, n_new, value_dim).astype(q.dtype))
+           .reshape(n_batch, n_query_heads, n_new, value_dim).astype(q.dtype, copy=False))
     if not return_lse:
         return out
     lse = (lse_rows.reshape(n_batch, n_kv_heads, n_new, group).transpose(0, 1, 3, 2)
