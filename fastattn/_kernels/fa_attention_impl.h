@@ -152,21 +152,31 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
             a[r][c] = VLOAD(acc + r * acc_row + c * LANES);
             if (rescale) a[r][c] *= rescale[r];
         }
-    for (ptrdiff_t j = 0; j < n_keys; ++j) {
-        VREAL v[FA_MAX_BLOCK_VECS];
+#define FA_VALUE_STEP(j)                                                                   \
+    do {                                                                                   \
+        VREAL v[FA_MAX_BLOCK_VECS];                                                        \
+        _Pragma("GCC unroll 8")                                                            \
+        for (int c = 0; c < vecs; ++c) v[c] = FA_LOAD_KV(half, value, (j) * value_row + c * LANES); \
+        _Pragma("GCC unroll 8")                                                            \
+        for (int r = 0; r < rows; ++r) {                                                   \
+            const REAL p = probs[(j) * width + r];                                         \
+            _Pragma("GCC unroll 8")                                                        \
+            for (int c = 0; c < vecs; ++c) a[r][c] += v[c] * p;                            \
+        }                                                                                  \
+    } while (0)
+    /* two loops, not a test per key: the test and the prefetch's dispatch in the one
+     * loop spilled its counters to the stack */
+    if (prefetch_bytes) {
         /* the value row some way on, from memory (rows read in place stream through
          * once): the caller's first column block asks for the whole row */
-        if (prefetch_bytes) fa_prefetch_row((const char *)value + (j + ahead) * row_bytes,
-                                            prefetch_bytes);
-#pragma GCC unroll 8
-        for (int c = 0; c < vecs; ++c) v[c] = FA_LOAD_KV(half, value, j * value_row + c * LANES);
-#pragma GCC unroll 8
-        for (int r = 0; r < rows; ++r) {
-            const REAL p = probs[j * width + r];
-#pragma GCC unroll 8
-            for (int c = 0; c < vecs; ++c) a[r][c] += v[c] * p;
+        for (ptrdiff_t j = 0; j < n_keys; ++j) {
+            fa_prefetch_row((const char *)value + (j + ahead) * row_bytes, prefetch_bytes);
+            FA_VALUE_STEP(j);
         }
+    } else {
+        for (ptrdiff_t j = 0; j < n_keys; ++j) FA_VALUE_STEP(j);
     }
+#undef FA_VALUE_STEP
 #pragma GCC unroll 8
     for (int r = 0; r < rows; ++r)
 #pragma GCC unroll 8
@@ -343,16 +353,52 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int half, const REAL *query,
     }
 }
 
+/* value_block for each (vecs, rows, half) as a function of its own: all of them
+ * inlined into one dispatching function, their loops lost registers to each other
+ * (the key counter lived on the stack: a store-to-load chain per key). */
+#define FA_VALUE_ARGS const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys, const void *value, \
+                      ptrdiff_t value_row, const REAL *rescale, REAL *acc, ptrdiff_t acc_row,   \
+                      ptrdiff_t prefetch_bytes
+#define FA_VALUE_FN(v, r, h)                                                                  \
+    FA_NOINLINE void FN(value_block_##v##_##r##_##h)(FA_VALUE_ARGS)                           \
+    {                                                                                         \
+        FN(value_block)(v, r, h && REAL_IS_FLOAT, probs, width, n_keys, value, value_row,     \
+                        rescale, acc, acc_row, prefetch_bytes);                               \
+    }
+#define FA_VALUE_FNS(r, h) FA_VALUE_FN(1, r, h) FA_VALUE_FN(2, r, h) FA_VALUE_FN(3, r, h) \
+                           FA_VALUE_FN(4, r, h)
+#define FA_VALUE_ROW_FNS(h) FA_VALUE_FNS(1, h) FA_VALUE_FNS(2, h) FA_VALUE_FNS(3, h) \
+                            FA_VALUE_FNS(4, h) FA_VALUE_FNS(5, h) FA_VALUE_FNS(6, h) \
+                            FA_VALUE_FNS(7, h)
+FA_VALUE_ROW_FNS(0)
+FA_VALUE_ROW_FNS(1)
+typedef void (*FN(value_fn))(FA_VALUE_ARGS);
+#define FA_VALUE_TABLE_VECS(r, h) { FN(value_block_1_##r##_##h), FN(value_block_2_##r##_##h), \
+                                    FN(value_block_3_##r##_##h), FN(value_block_4_##r##_##h) }
+#define FA_VALUE_TABLE_ROWS(h) { FA_VALUE_TABLE_VECS(1, h), FA_VALUE_TABLE_VECS(2, h),      \
+                                 FA_VALUE_TABLE_VECS(3, h), FA_VALUE_TABLE_VECS(4, h),      \
+                                 FA_VALUE_TABLE_VECS(5, h), FA_VALUE_TABLE_VECS(6, h),      \
+                                 FA_VALUE_TABLE_VECS(7, h) }
+/* [half][rows - 1][vecs - 1] */
+static const FN(value_fn) FN(value_blocks)[2][7][4] = { FA_VALUE_TABLE_ROWS(0),
+                                                         FA_VALUE_TABLE_ROWS(1) };
+#undef FA_VALUE_ARGS
+#undef FA_VALUE_FN
+#undef FA_VALUE_FNS
+#undef FA_VALUE_ROW_FNS
+#undef FA_VALUE_TABLE_VECS
+#undef FA_VALUE_TABLE_ROWS
+
 /* acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
  * The keys are walked in chunks of FA_VALUE_CHUNK so that the panel of V a
- * register block streams through (chunk x block width) stays in L1. A function of
- * its own: inlined into fa_attend, its loops spilled their counters to the stack. */
-FA_NOINLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_t width,
-                                     ptrdiff_t n_keys, ptrdiff_t n_queries, const void *value,
-                                     ptrdiff_t value_row, ptrdiff_t value_dim_pad,
-                                     const REAL *rescale, REAL *acc, int prefetch)
+ * register block streams through (chunk x block width) stays in L1. */
+static void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_t width,
+                                  ptrdiff_t n_keys, ptrdiff_t n_queries, const void *value,
+                                  ptrdiff_t value_row, ptrdiff_t value_dim_pad,
+                                  const REAL *rescale, REAL *acc, int prefetch)
 {
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
+    const ptrdiff_t element_bytes = half ? 2 : (ptrdiff_t)sizeof(REAL);
     for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
         const ptrdiff_t nk = n_keys - j0 < FA_VALUE_CHUNK ? n_keys - j0 : FA_VALUE_CHUNK;
         const REAL *p = probs + j0 * width;
@@ -360,27 +406,19 @@ FA_NOINLINE void FN(accumulate_values)(const int half, const REAL *probs, ptrdif
         const REAL *shrink = j0 == 0 ? rescale : NULL;
         /* values read in place: the first column block prefetches whole rows */
         const ptrdiff_t row_prefetch = prefetch && FA_PREFETCH_DISTANCE
-                                       ? value_dim_pad * (half ? 2 : (ptrdiff_t)sizeof(REAL)) : 0;
+                                       ? value_dim_pad * element_bytes : 0;
         for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_VALUE_VECS) {
             const int vecs = (int)(n_vecs - c0 < FA_VALUE_VECS ? n_vecs - c0 : FA_VALUE_VECS);
-            const void *v = (const char *)value + (j0 * value_row + c0 * LANES) *
-                                                  (half ? 2 : (ptrdiff_t)sizeof(REAL));
+            const void *v = (const char *)value + (j0 * value_row + c0 * LANES) * element_bytes;
             REAL *a = acc + c0 * LANES;
-            ptrdiff_t i = 0;
-            for (; i + FA_VALUE_ROWS <= n_queries; i += FA_VALUE_ROWS)
-                FA_DISPATCH_VECS(FN(value_block), vecs, FA_VALUE_ROWS, half, p + i, width, nk, v,
-                                 value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad,
-                                 value_dim_pad, c0 == 0 ? row_prefetch : 0)
-            /* the rows left (a few queries: decoding) as one block, each V row
-             * loaded once for all of them */
-            switch (n_queries - i) {
-#define FA_VALUE_REST(n) case n: FA_DISPATCH_VECS(FN(value_block), vecs, n, half, p + i, width, nk, v, \
-                                 value_row, shrink ? shrink + i : NULL, a + i * value_dim_pad, \
-                                 value_dim_pad, c0 == 0 ? row_prefetch : 0) break;
-            FA_VALUE_REST(1) FA_VALUE_REST(2) FA_VALUE_REST(3) FA_VALUE_REST(4)
-            FA_VALUE_REST(5) FA_VALUE_REST(6) FA_VALUE_REST(7)
-#undef FA_VALUE_REST
-            default: break;
+            /* blocks of FA_VALUE_ROWS query rows, then the rows left (a few queries:
+             * decoding) as one block, each V row loaded once for all of them */
+            for (ptrdiff_t i = 0; i < n_queries; i += FA_VALUE_ROWS) {
+                const ptrdiff_t rows = n_queries - i < FA_VALUE_ROWS ? n_queries - i
+                                                                     : FA_VALUE_ROWS;
+                FN(value_blocks)[half != 0][rows - 1][vecs - 1](
+                    p + i, width, nk, v, value_row, shrink ? shrink + i : NULL,
+                    a + i * value_dim_pad, value_dim_pad, c0 == 0 ? row_prefetch : 0);
             }
         }
     }
