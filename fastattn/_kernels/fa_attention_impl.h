@@ -155,12 +155,12 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
 #define FA_VALUE_STEP(j)                                                                   \
     do {                                                                                   \
         VREAL v[FA_MAX_BLOCK_VECS];                                                        \
-        _Pragma("GCC unroll 8")                                                            \
+        FA_UNROLL_8                                                                        \
         for (int c = 0; c < vecs; ++c) v[c] = FA_LOAD_KV(half, value, (j) * value_row + c * LANES); \
-        _Pragma("GCC unroll 8")                                                            \
+        FA_UNROLL_8                                                                        \
         for (int r = 0; r < rows; ++r) {                                                   \
             const REAL p = probs[(j) * width + r];                                         \
-            _Pragma("GCC unroll 8")                                                        \
+            FA_UNROLL_8                                                                    \
             for (int c = 0; c < vecs; ++c) a[r][c] += v[c] * p;                            \
         }                                                                                  \
     } while (0)

@@ -72,6 +72,12 @@
 /* fa_name(attend_tile_f32) -> attend_tile_f32_avx2 in the AVX2 object */
 #define FA_ISA_NAME(name) FA_CONCAT(name, FA_ISA_SUFFIX)
 
+/* `#pragma GCC unroll 8` inside a macro (MSVC's C has no _Pragma: it goes without) */
+#if defined(__GNUC__) || defined(__clang__)
+#  define FA_UNROLL_8 _Pragma("GCC unroll 8")
+#else
+#  define FA_UNROLL_8
+#endif
 #if defined(_MSC_VER) && !defined(__clang__)
 #  define FA_INLINE static __forceinline
 #  define FA_NOINLINE static __declspec(noinline)
