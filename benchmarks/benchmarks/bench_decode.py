@@ -6,7 +6,7 @@ share of this machine's read bandwidth measured in the same process.
 import numpy as np
 
 import fastattn
-from fastattn.bench import read_bandwidth
+from fastattn.bench import half_cache_speedup, read_bandwidth
 
 from .common import Benchmark
 
@@ -46,3 +46,14 @@ class DecodeBandwidth(Benchmark):
         rate = (self.key_cache.nbytes + self.value_cache.nbytes) / self._seconds()
         return 100 * rate / read_bandwidth(fastattn._sdpa.max_threads())
     track_decode_share_of_read_bandwidth.unit = "% of read bandwidth"
+
+
+class HalfCacheSpeedup(Benchmark):
+    """How much faster a float16 cache decodes than a float32 one at S = 32768 (B1,
+    32/8 heads, D128; the two timed in the same rounds, as the bench's decode line):
+    half the bytes, so 2x at the memory's rate."""
+
+    def track_float16_speedup(self):
+        return half_cache_speedup(fastattn._sdpa.max_threads(), 9,
+                                  (BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, 32768))
+    track_float16_speedup.unit = "x (float32 time / float16 time)"
