@@ -163,7 +163,7 @@ cdef void _write_batch_strides(object array, Py_ssize_t n_trailing, Py_ssize_t n
         out[d] = 0
     if array is None:
         return
-    a = <cnp.ndarray>array
+    a = array               # (type-checked: a non-array raises, never misreads)
     n_lead = a.ndim - n_trailing
     pad = n_dims - n_lead
     for d in range(max(0, -pad), n_lead):    # (validated shapes never have more)
