@@ -216,5 +216,5 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     if not return_lse:
         return out
     lse = (lse_rows.reshape(n_batch, n_kv_heads, n_new, group).transpose(0, 1, 3, 2)
-           .reshape(n_batch, n_query_heads, n_new).astype(q.dtype))
+           .reshape(n_batch, n_query_heads, n_new).astype(q.dtype, copy=False))
     return out, lse
