@@ -10,8 +10,8 @@
  *       S  += mask / -inf        causal, bool or additive mask
  *       m'  = max(m, colmax(S))  running max per query
  *       P   = exp(S - m')        in place, colsum -> l' = l e^(m-m') + sum P
- *       A   = A e^(m-m') + P^T V_j                          width x value_dim
- *   out = A / l                  (a query that saw no key gets zeros, as torch)
+ *       A   = A e^(m-m') + V_j^T P                          value_dim x width
+ *   out = A^T / l                (a query that saw no key gets zeros, as torch)
  *
  * When the caller asks for the weights too, the masked scores are also stored
  * into its (L, S) buffer as they are made, and turned into e^(s - m) / l once
@@ -39,14 +39,22 @@
 #  define FA_LOAD_KV(half, base, at) VLOAD((const REAL *)(base) + (at))
 #endif
 #define FA_SCRATCH_ALIGN 64
+/* The distance between rows of n elements in a scratch matrix: n, or a vector more
+ * when n elements are a multiple of 512 bytes. Rows a power of two bytes apart
+ * (128 floats: 512) map onto a few L1 sets, and a kernel reading a column block
+ * down such rows evicts its own lines (the first query tile of 128 rows: Qt's
+ * transpose ran at a cache miss per element). */
+#define FA_PITCH(n) ((n) * (ptrdiff_t)sizeof(REAL) % 512 == 0 ? (n) + LANES : (n))
 /* columns per panel of a packed right-hand operand: one register block's width */
 #define FA_PANEL (FA_SCORE_VECS * LANES)
 #define FA_PANELS_SIZE(depth, width) ((depth) * FA_ROUND_UP(width, FA_PANEL))
 
 typedef struct {
-    REAL *packed_query;  /* head_dim x tile_queries */
+    REAL *packed_query;  /* head_dim x width, rows FA_PITCH(width) apart */
     REAL *scores;        /* tile_keys x tile_queries (and a vector more: see fa_attend) */
-    REAL *acc;           /* tile_queries x value_dim (padded to lanes) */
+    REAL *acc;           /* the output's accumulator: tile_queries x value_dim_pad when
+                            decoding, value_dim x width (transposed, rows
+                            FA_PITCH(width) apart) otherwise */
     REAL *packed_value;  /* tile_keys x value_dim (padded to lanes), aligned */
     REAL *row_max, *row_sum, *shift, *rescale;   /* tile_queries each */
     REAL *column_position, *column_slope;        /* tile_queries each: each query's key
@@ -79,9 +87,10 @@ static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t 
 {
     const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
     const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
+    const ptrdiff_t widest = FA_ROUND_UP(tile_queries, LANES) + LANES;   /* a pitch, at most */
     enum { N_PARTS = 12 };
     const ptrdiff_t sizes[N_PARTS] = {
-        head_dim * tile_queries, tile_keys * tile_queries + LANES, tile_queries * value_dim_pad,
+        head_dim * widest, tile_keys * tile_queries + LANES, widest * value_dim_pad,
         tile_keys * value_dim_pad, tile_queries, tile_queries, tile_queries, tile_queries,
         tile_queries, tile_queries, tile_keys * head_dim_pad, FA_DECODE_MAX_ROWS * head_dim_pad,
     };
@@ -103,19 +112,33 @@ size_t FN(fa_scratch_bytes)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
 int FN(fa_lanes)(void) { return LANES; }
 
 /* c[r][:] (+)= sum_e a[r][e] * b[e][:] for a rows x (vecs * LANES) block: the
- * scores (a = K, b = Qt) and the projections (a = X, b = W^T). `rows` and `vecs`
- * are constants at every call, so the accumulators live in registers. */
+ * scores (a = K, b = Qt), the values (a = V^T, b = P) and the projections (a = X,
+ * b = W^T). When accumulating, c's columns are first multiplied by column_scale
+ * (unless NULL). `rows` and `vecs` are constants at every call, so the
+ * accumulators live in registers. */
 FA_INLINE void FN(gemm_block)(const int vecs, const int rows,
                               const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col,
                               const REAL *b, ptrdiff_t b_row, ptrdiff_t depth,
-                              REAL *c, ptrdiff_t c_row, int accumulate)
+                              REAL *c, ptrdiff_t c_row, int accumulate,
+                              const REAL *column_scale)
 {
     VREAL acc[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
+    if (accumulate && column_scale) {
+        VREAL factor[FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
-    for (int r = 0; r < rows; ++r)
+        for (int v = 0; v < vecs; ++v) factor[v] = VLOAD(column_scale + v * LANES);
 #pragma GCC unroll 8
-        for (int v = 0; v < vecs; ++v)
-            acc[r][v] = accumulate ? VLOAD(c + r * c_row + v * LANES) : VSPLAT(0);
+        for (int r = 0; r < rows; ++r)
+#pragma GCC unroll 8
+            for (int v = 0; v < vecs; ++v)
+                acc[r][v] = VLOAD(c + r * c_row + v * LANES) * factor[v];
+    } else {
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r)
+#pragma GCC unroll 8
+            for (int v = 0; v < vecs; ++v)
+                acc[r][v] = accumulate ? VLOAD(c + r * c_row + v * LANES) : VSPLAT(0);
+    }
     for (ptrdiff_t e = 0; e < depth; ++e) {
         VREAL bv[FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
@@ -193,26 +216,55 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
     default: kernel(4, __VA_ARGS__); break;  \
     }
 
+/* The rows left after the whole register blocks, as one block of `rows_left` rows */
+#if FA_SCORE_ROWS > 8
+#  error "gemm_packed's last block has up to 7 rows"
+#endif
+#define FA_GEMM_ROWS_CASE(n, vecs, ...) \
+    case n: FA_DISPATCH_VECS(FN(gemm_block), vecs, n, __VA_ARGS__) break;
+#define FA_GEMM_LAST_BLOCK(rows_left, vecs, ...)                       \
+    switch (rows_left) {                                               \
+    FA_GEMM_ROWS_CASE(1, vecs, __VA_ARGS__)                            \
+    FA_GEMM_ROWS_CASE(2, vecs, __VA_ARGS__)                            \
+    FA_GEMM_ROWS_CASE(3, vecs, __VA_ARGS__)                            \
+    FA_GEMM_LAST_BLOCK_4_TO_7(vecs, __VA_ARGS__)                       \
+    default: break;                                                    \
+    }
+#if FA_SCORE_ROWS > 4
+#  define FA_GEMM_LAST_BLOCK_4_TO_7(vecs, ...)                         \
+    FA_GEMM_ROWS_CASE(4, vecs, __VA_ARGS__)                            \
+    FA_GEMM_ROWS_CASE(5, vecs, __VA_ARGS__)                            \
+    FA_GEMM_ROWS_CASE(6, vecs, __VA_ARGS__)                            \
+    FA_GEMM_ROWS_CASE(7, vecs, __VA_ARGS__)
+#else
+#  define FA_GEMM_LAST_BLOCK_4_TO_7(vecs, ...)
+#endif
+
 /* c (rows x width) (+)= a (rows x depth, any strides) . b (depth x width, rows
- * b_row apart); width is a multiple of LANES, c rows are c_row apart. */
+ * b_row apart); width is a multiple of LANES, c rows are c_row apart. Accumulating,
+ * c's columns are first scaled by column_scale (width of them) unless it is NULL. */
 static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
                             const REAL *b, ptrdiff_t b_row, ptrdiff_t width, ptrdiff_t depth,
-                            REAL *c, ptrdiff_t c_row, int accumulate)
+                            REAL *c, ptrdiff_t c_row, int accumulate,
+                            const REAL *column_scale)
 {
     const ptrdiff_t n_vecs = width / LANES;
     for (ptrdiff_t v0 = 0; v0 < n_vecs; v0 += FA_SCORE_VECS) {
         const int vecs = (int)(n_vecs - v0 < FA_SCORE_VECS ? n_vecs - v0 : FA_SCORE_VECS);
         const REAL *bp = b + v0 * LANES;
         REAL *cp = c + v0 * LANES;
+        const REAL *scale = column_scale ? column_scale + v0 * LANES : NULL;
         ptrdiff_t r = 0;
         for (; r + FA_SCORE_ROWS <= rows; r += FA_SCORE_ROWS)
             FA_DISPATCH_VECS(FN(gemm_block), vecs, FA_SCORE_ROWS, a + r * a_row, a_row, a_col,
-                             bp, b_row, depth, cp + r * c_row, c_row, accumulate)
-        for (; r < rows; ++r)
-            FA_DISPATCH_VECS(FN(gemm_block), vecs, 1, a + r * a_row, a_row, a_col,
-                             bp, b_row, depth, cp + r * c_row, c_row, accumulate)
+                             bp, b_row, depth, cp + r * c_row, c_row, accumulate, scale)
+        FA_GEMM_LAST_BLOCK(rows - r, vecs, a + r * a_row, a_row, a_col, bp, b_row, depth,
+                           cp + r * c_row, c_row, accumulate, scale)
     }
 }
+#undef FA_GEMM_ROWS_CASE
+#undef FA_GEMM_LAST_BLOCK
+#undef FA_GEMM_LAST_BLOCK_4_TO_7
 
 /* Where the decoding path keeps the vector of query row r at head-dim element c (a
  * multiple of LANES): the rows' vectors at each c side by side, so that one pointer
@@ -369,7 +421,7 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int half, const REAL *query,
                            FA_VALUE_FN(4, r, h)
 #define FA_VALUE_ROW_FNS(h) FA_VALUE_FNS(1, h) FA_VALUE_FNS(2, h) FA_VALUE_FNS(3, h) \
                             FA_VALUE_FNS(4, h) FA_VALUE_FNS(5, h) FA_VALUE_FNS(6, h) \
-                            FA_VALUE_FNS(7, h)
+                            FA_VALUE_FNS(7, h) FA_VALUE_FNS(8, h)
 FA_VALUE_ROW_FNS(0)
 FA_VALUE_ROW_FNS(1)
 typedef void (*FN(value_fn))(FA_VALUE_ARGS);
@@ -378,9 +430,12 @@ typedef void (*FN(value_fn))(FA_VALUE_ARGS);
 #define FA_VALUE_TABLE_ROWS(h) { FA_VALUE_TABLE_VECS(1, h), FA_VALUE_TABLE_VECS(2, h),      \
                                  FA_VALUE_TABLE_VECS(3, h), FA_VALUE_TABLE_VECS(4, h),      \
                                  FA_VALUE_TABLE_VECS(5, h), FA_VALUE_TABLE_VECS(6, h),      \
-                                 FA_VALUE_TABLE_VECS(7, h) }
-/* [half][rows - 1][vecs - 1] */
-static const FN(value_fn) FN(value_blocks)[2][7][4] = { FA_VALUE_TABLE_ROWS(0),
+                                 FA_VALUE_TABLE_VECS(7, h), FA_VALUE_TABLE_VECS(8, h) }
+/* [half][rows - 1][vecs - 1]: the prefill's blocks and the decoding path's rows */
+#if FA_VALUE_ROWS > 8 || FA_DECODE_MAX_ROWS > 8 || FA_VALUE_VECS > 4
+#  error "value_blocks has blocks of up to 8 rows and 4 vectors"
+#endif
+static const FN(value_fn) FN(value_blocks)[2][8][4] = { FA_VALUE_TABLE_ROWS(0),
                                                          FA_VALUE_TABLE_ROWS(1) };
 #undef FA_VALUE_ARGS
 #undef FA_VALUE_FN
@@ -715,16 +770,36 @@ static void FN(pack_keys)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_ke
     }
 }
 
-/* Qt = scale * Q^T of the tile's rows (head_dim x width), zero-padded to whole vectors */
-static void FN(pack_query_t)(const fa_job *job, ptrdiff_t width, REAL *packed)
+/* Qt = scale * Q^T of the tile's rows (head_dim x width, rows `pitch` apart),
+ * zero-padded to whole vectors */
+static void FN(pack_query_t)(const fa_job *job, ptrdiff_t width, ptrdiff_t pitch, REAL *packed)
 {
     const REAL *query = (const REAL *)job->query + job->query_start * job->query_row_stride;
     const REAL scale = (REAL)job->scale;
-    for (ptrdiff_t e = 0; e < job->head_dim; ++e) {
-        REAL *qt = packed + e * width;
-        for (ptrdiff_t i = 0; i < job->n_queries; ++i)
-            qt[i] = query[i * job->query_row_stride + e * job->query_col_stride] * scale;
-        for (ptrdiff_t i = job->n_queries; i < width; ++i) qt[i] = 0;
+    const ptrdiff_t row_stride = job->query_row_stride, col_stride = job->query_col_stride;
+    const ptrdiff_t n_queries = job->n_queries, head_dim = job->head_dim;
+    /* Blocks of LANES x LANES, transposed in registers: whole-vector loads and
+     * stores. Element by element down Q's columns (rows 512 bytes apart) each load
+     * was a cache miss: 17% of a short sequence's time. */
+    ptrdiff_t block_rows = 0, block_cols = 0;
+#if defined(FA_HAVE_TRANSPOSE)
+    if (col_stride == 1) {
+        block_rows = n_queries - n_queries % LANES;
+        block_cols = head_dim - head_dim % LANES;
+        for (ptrdiff_t i0 = 0; i0 < block_rows; i0 += LANES)
+            for (ptrdiff_t e0 = 0; e0 < block_cols; e0 += LANES) {
+                VREAL rows[LANES];
+                for (int r = 0; r < LANES; ++r) rows[r] = VLOAD(query + (i0 + r) * row_stride + e0);
+                VTRANSPOSE(rows);
+                for (int r = 0; r < LANES; ++r) VSTORE(packed + (e0 + r) * pitch + i0, rows[r] * scale);
+            }
+    }
+#endif
+    /* the rest element by element, row by row (rows read in order), and the padding */
+    for (ptrdiff_t i = 0; i < width; ++i) {
+        const REAL *row = query + i * row_stride;
+        for (ptrdiff_t e = i < block_rows ? block_cols : 0; e < head_dim; ++e)
+            packed[e * pitch + i] = i < n_queries ? row[e * col_stride] * scale : 0;
     }
 }
 
@@ -761,6 +836,34 @@ static void FN(tile_band)(const fa_job *job, ptrdiff_t width, REAL *position, RE
     *key_end = end;
 }
 
+/* The prefill path's value product, transposed: acc_t (value_dim x width, rows
+ * acc_pitch apart) =
+ * acc_t * rescale (by column) + V_j^T . P. It is the scores' outer-product kernel:
+ * V is read in place by broadcasts, so its rows need no aligned copy (a float16
+ * tile is converted into `packed` first), and P's rows are loaded as vectors. The
+ * keys go in chunks of FA_VALUE_CHUNK, so that the panel of P a register block
+ * streams through stays in L1. */
+static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                                    ptrdiff_t width, const REAL *probs, const REAL *rescale,
+                                    REAL *packed, REAL *acc_t, ptrdiff_t acc_pitch)
+{
+    const REAL *value = (const REAL *)job->value + key_start * job->value_row_stride;
+    ptrdiff_t element_stride = job->value_col_stride, key_stride = job->value_row_stride;
+    if (job->kv_storage == FA_STORAGE_F16) {
+        const ptrdiff_t value_dim_pad = FA_ROUND_UP(job->value_dim, LANES);
+        FN(pack_values)(job, key_start, n_keys, value_dim_pad, packed);
+        value = packed;
+        element_stride = 1;
+        key_stride = value_dim_pad;
+    }
+    for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
+        const ptrdiff_t nk = n_keys - j0 < FA_VALUE_CHUNK ? n_keys - j0 : FA_VALUE_CHUNK;
+        FN(gemm_packed)(value + j0 * key_stride, element_stride, key_stride, job->value_dim,
+                        probs + j0 * width, width, width, nk, acc_t, acc_pitch, 1,
+                        j0 == 0 ? rescale : NULL);
+    }
+}
+
 void FN(fa_attend)(const fa_job *job, void *scratch_memory)
 {
     const ptrdiff_t nq = job->n_queries, q0 = job->query_start;
@@ -786,6 +889,7 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         if (narrow < width) width = narrow;
     }
     const ptrdiff_t state_width = width < LANES ? LANES : width;   /* row_max, row_sum */
+    const ptrdiff_t pitch = FA_PITCH(width);    /* of Qt and acc_t (prefill) */
     if (decoding) {
         for (ptrdiff_t i = 0; i < nq; ++i)
             for (ptrdiff_t e = 0; e < head_dim_pad; ++e)
@@ -798,13 +902,13 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         for (ptrdiff_t j = 0; j < job->tile_keys + LANES / width; ++j)
             for (ptrdiff_t i = nq; i < width; ++i) w.scores[j * width + i] = 0;
     } else {
-        FN(pack_query_t)(job, width, w.packed_query);
+        FN(pack_query_t)(job, width, pitch, w.packed_query);
     }
     for (ptrdiff_t i = 0; i < state_width; ++i) {
         w.row_max[i] = -INFINITY;
         w.row_sum[i] = 0;
     }
-    memset(w.acc, 0, (size_t)(nq * value_dim_pad) * sizeof(REAL));
+    memset(w.acc, 0, (size_t)(decoding ? nq * value_dim_pad : value_dim * pitch) * sizeof(REAL));
 
     ptrdiff_t first_position, key_begin, key_end;
     FN(tile_band)(job, width, w.column_position, w.column_slope, &first_position, &key_begin,
@@ -846,14 +950,17 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
                                 key_row_stride, nk, w.scores, width);
         else
             FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
-                            w.packed_query, width, width, head_dim, w.scores, width, 0);
+                            w.packed_query, pitch, width, head_dim, w.scores, width, 0, NULL);
         FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
                              w.column_slope, w.scores, NULL);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
         FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
 
         const void *value_tile = (const char *)job->value + k0 * job->value_row_stride * kv_bytes;
-        if (values_in_place && half) {
+        if (!decoding) {
+            FN(accumulate_values_t)(job, k0, nk, width, w.scores, w.rescale, w.packed_value,
+                                    w.acc, pitch);
+        } else if (values_in_place && half) {
             FN(accumulate_values)(REAL_IS_FLOAT, w.scores, width, nk, nq, value_tile,
                                   job->value_row_stride, value_dim_pad, w.rescale, w.acc, 1);
         } else if (values_in_place) {
@@ -877,13 +984,34 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
                                        : (REAL)((double)w.row_max[i] + log((double)w.row_sum[i]));
     }
 
+    /* out = A^T / l; a fully masked row gets zeros, as torch. The prefill's acc_t
+     * is transposed by blocks in registers, as Qt (see pack_query_t). */
     REAL *out = (REAL *)job->out + q0 * job->out_row_stride;
+    REAL *inverse_sum = w.rescale;
+    for (ptrdiff_t i = 0; i < nq; ++i) inverse_sum[i] = w.row_sum[i] == 0 ? 0 : 1 / w.row_sum[i];
+    ptrdiff_t block_rows = 0, block_cols = 0;
+#if defined(FA_HAVE_TRANSPOSE)
+    if (!decoding) {
+        block_rows = nq - nq % LANES;
+        block_cols = value_dim - value_dim % LANES;
+        for (ptrdiff_t i0 = 0; i0 < block_rows; i0 += LANES)
+            for (ptrdiff_t c0 = 0; c0 < block_cols; c0 += LANES) {
+                VREAL rows[LANES];
+                for (int r = 0; r < LANES; ++r) rows[r] = VLOAD(w.acc + (c0 + r) * pitch + i0);
+                VTRANSPOSE(rows);
+                for (int r = 0; r < LANES; ++r)
+                    VSTORE(out + (i0 + r) * job->out_row_stride + c0,
+                           rows[r] * inverse_sum[i0 + r]);
+            }
+    }
+#endif
     for (ptrdiff_t i = 0; i < nq; ++i) {
-        const REAL l = w.row_sum[i];
-        const REAL inv = l == 0 ? 0 : 1 / l;   /* fully masked row: zeros, as torch */
-        const REAL *a = w.acc + i * value_dim_pad;
         REAL *o = out + i * job->out_row_stride;
-        for (ptrdiff_t c = 0; c < value_dim; ++c) o[c] = a[c] * inv;
+        if (decoding)
+            for (ptrdiff_t c = 0; c < value_dim; ++c) o[c] = w.acc[i * value_dim_pad + c] * inverse_sum[i];
+        else
+            for (ptrdiff_t c = i < block_rows ? block_cols : 0; c < value_dim; ++c)
+                o[c] = w.acc[c * pitch + i] * inverse_sum[i];
     }
 }
 
@@ -1017,7 +1145,7 @@ static void FN(gemm_panels)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptr
     for (ptrdiff_t p0 = 0; p0 < width; p0 += FA_PANEL)
         FN(gemm_packed)(a, a_row, a_col, rows, b + (p0 / FA_PANEL) * panel_depth * FA_PANEL,
                         FA_PANEL, width - p0 < FA_PANEL ? width - p0 : FA_PANEL, depth, c + p0,
-                        c_row, accumulate);
+                        c_row, accumulate, NULL);
 }
 
 void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memory)
@@ -1128,7 +1256,7 @@ void FN(fa_linear_tile)(const fa_linear_job *job, ptrdiff_t row_start, ptrdiff_t
                                                                      : FA_LINEAR_DEPTH_CHUNK;
         FN(gemm_packed)(x + e0 * job->x_col_stride, job->x_row_stride, job->x_col_stride, n_rows,
                         packed + e0 * panel, panel, width, ne,
-                        c, c_row, e0 > 0);
+                        c, c_row, e0 > 0, NULL);
     }
     const REAL *bias = job->bias ? (const REAL *)job->bias + col_start : NULL;
     if (in_place) {
@@ -1149,4 +1277,5 @@ size_t FN(fa_linear_scratch_bytes)(ptrdiff_t tile_rows, ptrdiff_t panel_cols)
 }
 
 #undef FN
+#undef FA_PITCH
 #undef FA_DISPATCH_VECS

@@ -25,6 +25,7 @@
 #define VHSUM hsum_f32
 #define VHSUM2 hsum2_f32
 #define VTSUMS transpose_sums_f32
+#define VTRANSPOSE transpose_f32
 #define REAL_IS_FLOAT 1
 #include "fa_attention_impl.h"
 #undef REAL
@@ -43,6 +44,7 @@
 #undef VHSUM
 #undef VHSUM2
 #undef VTSUMS
+#undef VTRANSPOSE
 #undef REAL_IS_FLOAT
 
 #define REAL double
@@ -61,5 +63,6 @@
 #define VHSUM hsum_f64
 #define VHSUM2 hsum2_f64
 #define VTSUMS transpose_sums_f64
+#define VTRANSPOSE transpose_f64
 #define REAL_IS_FLOAT 0
 #include "fa_attention_impl.h"

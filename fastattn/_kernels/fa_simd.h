@@ -218,28 +218,38 @@ FA_INLINE vf64 scale_pow2_f64(vf64 x, double bound, vf64 p, vf64 n, vi64 n_int) 
 #endif
 
 /* e^x for x <= 0 (the only arguments softmax needs: scores minus their max).
- * e^x = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2].
- * n is rounded by adding 1.5 * 2^(mantissa bits): its low bits then hold n as an
- * integer, which avoids float->int conversions that SSE2/AVX2 lack for doubles.
+ * e^x = 2^n * 2^r (float) or 2^n * e^r (double, r = x - n ln 2 in Cody-Waite's two
+ * parts), n = round(x / ln 2). n is rounded by adding 1.5 * 2^(mantissa bits): its
+ * low bits then hold n as an integer, which avoids float->int conversions that
+ * SSE2/AVX2 lack for doubles (AVX-512 takes r from vreduceps, and scales by vscalef).
  * Inputs below the smallest normal result give exactly 0 (also -inf: masked
  * keys), never a subnormal (slow on x86); NaN stays NaN. */
 FA_INLINE vf32 exp_nonpositive_f32(vf32 x) {
-    const float magic = 12582912.0f;                    /* 1.5 * 2^23 */
     const float lowest = -87.33654f;                    /* e^lowest = FLT_MIN */
-    const vf32 clamped = max_f32(splat_f32(lowest), x);
-    const vf32 shifted = clamped * 1.44269504088896341f + magic;
+    const float log2e = 1.44269504088896341f;
+    /* e^x = 2^t, t = x log2 e = n + r: n = round(t), r in [-1/2, 1/2]. t's rounding
+     * (relative 6e-8) moves a result by 6e-8 |t| relative: the most for results
+     * ~2^-|t| of the row's largest, so a weighted sum moves by at most 3e-8. */
+#if defined(FA_BUILD_AVX512)
+    const vf32 t = x * log2e;
+    const vf32 r = (vf32)_mm512_reduce_ps((__m512)t, 0x08);  /* t - round(t), exact */
+    const vf32 n = t - r;
+    const vi32 n_int = bits_f32(n);                     /* unused: vscalef takes n */
+#else
+    const float magic = 12582912.0f;                    /* 1.5 * 2^23 */
+    const vf32 clamped = max_f32(splat_f32(lowest), x); /* n_int stays in range */
+    const vf32 shifted = clamped * log2e + magic;
     const vf32 n = shifted - magic;
     const vi32 n_int = bits_f32(shifted) - bits_f32(splat_f32(magic));
-    vf32 r = clamped - n * 0.693359375f;                /* ln 2, high part: n * hi exact */
-    r = r - n * -2.12194440e-4f;                        /* ln 2, low part */
-    /* degree-6 least-relative-error fit on [-ln2/2, ln2/2]: error 2e-9, below
-     * float rounding (measured 1.1e-7 relative in float arithmetic) */
-    vf32 p = splat_f32(1.3843653e-3f);
-    p = p * r + 8.3741553e-3f;
-    p = p * r + 4.1668002e-2f;
-    p = p * r + 1.6666431e-1f;
-    p = p * r + 4.9999994e-1f;
-    p = p * r + 1.0000000f;
+    const vf32 r = clamped * log2e - n;                 /* one rounding, with FMA */
+#endif
+    /* 2^r: degree-5 fit with exact 2^0 = 1, least relative error on [-1/2, 1/2]:
+     * 9e-8, 1.6e-7 in float arithmetic (measured); e^x to 2e-7 relative */
+    vf32 p = splat_f32(1.3264727e-3f);
+    p = p * r + 9.6715130e-3f;
+    p = p * r + 5.5507336e-2f;
+    p = p * r + 2.4022242e-1f;
+    p = p * r + 6.9314700e-1f;
     p = p * r + 1.0f;
     return scale_pow2_f32(x, lowest, p, n, n_int);
 }
@@ -269,6 +279,67 @@ FA_INLINE vf64 exp_nonpositive_f64(vf64 x) {
     p = p * r + 1.0;
     return scale_pow2_f64(x, lowest, p, n, n_int);
 }
+
+/* transpose_f32/f64(rows): a LANES x LANES block held in rows[0..LANES) is
+ * transposed in registers. Each stage swaps the off-diagonal h x h blocks of every
+ * 2h x 2h block, with two-source permutes (GCC's __builtin_shuffle; vpermt2ps and
+ * the like): log2(LANES) stages of LANES permutes, where moving elements one by
+ * one costs a load or store each. Only where the compiler has __builtin_shuffle
+ * (FA_HAVE_TRANSPOSE); the callers keep an element-wise path. */
+#if !defined(FA_PORTABLE) && defined(__GNUC__) && !defined(__clang__)
+#  define FA_HAVE_TRANSPOSE 1
+#  define FA_SWAP_LOW(l, h, n) (((l) & (h)) ? (n) + (l) - (h) : (l))
+#  define FA_SWAP_HIGH(l, h, n) (((l) & (h)) ? (n) + (l) : (l) + (h))
+#  define FA_LANE_LIST2(F, h, n) F(0, h, n), F(1, h, n)
+#  define FA_LANE_LIST4(F, h, n) FA_LANE_LIST2(F, h, n), F(2, h, n), F(3, h, n)
+#  define FA_LANE_LIST8(F, h, n) \
+    FA_LANE_LIST4(F, h, n), F(4, h, n), F(5, h, n), F(6, h, n), F(7, h, n)
+#  define FA_LANE_LIST16(F, h, n) FA_LANE_LIST8(F, h, n), F(8, h, n), F(9, h, n),   \
+    F(10, h, n), F(11, h, n), F(12, h, n), F(13, h, n), F(14, h, n), F(15, h, n)
+#  define FA_TRANSPOSE_STAGE(VINT_T, lane_list, n, rows, h)                           \
+    do {                                                                              \
+        const VINT_T low = {lane_list(FA_SWAP_LOW, h, n)};                            \
+        const VINT_T high = {lane_list(FA_SWAP_HIGH, h, n)};                          \
+        _Pragma("GCC unroll 16")                                                      \
+        for (int r = 0; r < (n); ++r)                                                 \
+            if (!(r & (h))) {                                                         \
+                const __typeof__(rows[0]) a = rows[r], b = rows[r + (h)];             \
+                rows[r] = __builtin_shuffle(a, b, low);                               \
+                rows[r + (h)] = __builtin_shuffle(a, b, high);                        \
+            }                                                                         \
+    } while (0)
+#  if FA_VEC_BYTES == 64
+FA_INLINE void transpose_f32(vf32 *rows) {
+    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST16, 16, rows, 8);
+    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST16, 16, rows, 4);
+    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST16, 16, rows, 2);
+    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST16, 16, rows, 1);
+}
+FA_INLINE void transpose_f64(vf64 *rows) {
+    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST8, 8, rows, 4);
+    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST8, 8, rows, 2);
+    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST8, 8, rows, 1);
+}
+#  elif FA_VEC_BYTES == 32
+FA_INLINE void transpose_f32(vf32 *rows) {
+    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST8, 8, rows, 4);
+    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST8, 8, rows, 2);
+    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST8, 8, rows, 1);
+}
+FA_INLINE void transpose_f64(vf64 *rows) {
+    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST4, 4, rows, 2);
+    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST4, 4, rows, 1);
+}
+#  else
+FA_INLINE void transpose_f32(vf32 *rows) {
+    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST4, 4, rows, 2);
+    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST4, 4, rows, 1);
+}
+FA_INLINE void transpose_f64(vf64 *rows) {
+    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST2, 2, rows, 1);
+}
+#  endif
+#endif
 
 /* |x| and x with the sign of `sign`, through the sign bit (NaN stays NaN).
  * (The sign bit is built as an integer: splat(-0.0) would be 0 + -0.0 = +0.0.) */
