@@ -1130,8 +1130,27 @@ static void FN(pack_panels)(const REAL *src, ptrdiff_t row_stride, ptrdiff_t col
     for (ptrdiff_t p0 = 0; p0 < width_pad; p0 += FA_PANEL) {
         REAL *panel = dst + (p0 / FA_PANEL) * panel_depth * FA_PANEL;
         const ptrdiff_t cols = width_pad - p0 < FA_PANEL ? width_pad - p0 : FA_PANEL;
+        /* a transpose (src's rows are dst's columns: Q^T, dO^T) by LANES x LANES
+         * blocks in registers, as pack_query_t; the rest element by element */
+        ptrdiff_t block_cols = 0, block_depth = 0;
+#if defined(FA_HAVE_TRANSPOSE)
+        if (row_stride == 1) {
+            const ptrdiff_t real_cols = width - p0 < cols ? width - p0 : cols;
+            block_cols = real_cols > 0 ? real_cols - real_cols % LANES : 0;
+            block_depth = depth - depth % LANES;
+            for (ptrdiff_t c0 = 0; c0 < block_cols; c0 += LANES)
+                for (ptrdiff_t r0 = 0; r0 < block_depth; r0 += LANES) {
+                    VREAL rows[LANES];
+                    for (int k = 0; k < LANES; ++k)
+                        rows[k] = VLOAD(src + (p0 + c0 + k) * col_stride + r0);
+                    VTRANSPOSE(rows);
+                    for (int k = 0; k < LANES; ++k)
+                        VSTORE(panel + (r0 + k) * FA_PANEL + c0, rows[k] * factor);
+                }
+        }
+#endif
         for (ptrdiff_t r = 0; r < depth; ++r)
-            for (ptrdiff_t c = 0; c < cols; ++c)
+            for (ptrdiff_t c = r < block_depth ? block_cols : 0; c < cols; ++c)
                 panel[r * FA_PANEL + c] = p0 + c < width
                     ? src[r * row_stride + (p0 + c) * col_stride] * factor : 0;
     }
