@@ -44,8 +44,26 @@ def _import_torch(threads):
     return torch
 
 
+class _Timings(dict):
+    """Median seconds per call of each contender (the dict's values), with the
+    per-round times behind them (``rounds``)."""
+
+    def __init__(self, rounds):
+        super().__init__({name: statistics.median(ts) for name, ts in rounds.items()})
+        self.rounds = rounds
+
+    def ratio(self, name, reference):
+        """name's time over reference's: the median of the per-round ratios. The two
+        were timed in the same rounds, so a slow spell of a shared machine slows both
+        in the rounds it hits; a ratio of medians can take one's fast rounds and the
+        other's slow ones."""
+        return statistics.median(a / b for a, b in zip(self.rounds[name],
+                                                       self.rounds[reference]))
+
+
 def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds=0.0):
-    """Median seconds per call of each contender, timed round-robin.
+    """Median seconds per call of each contender, timed round-robin (a _Timings:
+    also the per-round ratios).
 
     Each round times a block of back-to-back calls per contender (at least
     ``block_seconds`` long): after a call, OpenMP and BLAS worker threads keep
@@ -73,7 +91,7 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds
                 # torch's OpenMP and onnxruntime's pool spin for a while after a
                 # call: on 2 cores they would take them from whoever runs next
                 time.sleep(settle_seconds)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return _Timings(times)
 
 
 _MEMORY_PROBE = """
@@ -154,7 +172,7 @@ def run_mha(torch, threads, repeats, lengths=(128, 512, 2048), batch=4, embed_di
                 contenders["torch"] = torch_forward
             medians = _interleaved_medians(contenders, repeats)
             t_ours, t_torch = medians["fastattn"], medians.get("torch")
-            vs = f"{t_torch / t_ours:8.2f}x" if t_torch else f"{'-':>9}"
+            vs = f"{medians.ratio('torch', 'fastattn'):8.2f}x" if t_torch else f"{'-':>9}"
             torch_ms = f"{t_torch * 1e3:10.2f}" if t_torch else f"{'-':>10}"
             print(f"{length:>6} {str(need_weights):>12} {t_ours * 1e3:12.2f} {torch_ms} {vs}",
                   flush=True)
@@ -205,7 +223,8 @@ def run_window(torch, threads, repeats, windows=(256, 512, 1024),
                 return f"{medians[name] * 1e3:{width}.2f}" if name in medians else f"{'-':>{width}}"
 
             def ratio(name, width):
-                return f"{medians[name] / ours:{width - 1}.1f}x" if name in medians else f"{'-':>{width}}"
+                return (f"{medians.ratio(name, 'fastattn'):{width - 1}.1f}x" if name in medians
+                        else f"{'-':>{width}}")
 
             print(f"{window:>5} {length:>6} {ours * 1e3:12.2f} {cell('mask', 10)} "
                   f"{cell('torch', 14)} {ratio('mask', 8)} {ratio('torch', 9)}", flush=True)
@@ -420,7 +439,7 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "fl
                         else f"{'-':>{width}}")
 
             def ratio(name, width):
-                return (f"{medians[name] / seconds:{width - 1}.2f}x" if name in medians
+                return (f"{medians.ratio(name, 'fastattn'):{width - 1}.2f}x" if name in medians
                         else f"{'-':>{width}}")
 
             print(f"{dtype_name:>7} {batch:>2} {q_heads:>3}/{kv_heads:<2} {head_dim:>4} "
@@ -451,8 +470,7 @@ def half_cache_speedup(threads, repeats, row):
                             for _ in range(2))
         contenders[dtype] = functools.partial(attention_with_kvcache, q, k_cache, v_cache, n_keys,
                                               num_threads=threads)
-    medians = _interleaved_medians(contenders, max(repeats, 9))
-    return medians["float32"] / medians["float16"]
+    return _interleaved_medians(contenders, max(repeats, 9)).ratio("float32", "float16")
 
 
 _TRAIN_MEMORY_PROBE = """
@@ -581,7 +599,8 @@ def run_train(torch, threads, repeats, lengths=(512, 1024, 2048, 4096), head_dim
                 results.append({"head_dim": head_dim, "causal": causal, "length": length,
                                 "heads": heads, "fastattn_s": seconds, "torch_s": torch_seconds})
                 torch_ms = f"{torch_seconds * 1e3:10.2f}" if torch_seconds else f"{'-':>10}"
-                ratio = f"{torch_seconds / seconds:8.2f}x" if torch_seconds else f"{'-':>9}"
+                ratio = (f"{medians.ratio('torch', 'fastattn'):8.2f}x" if torch_seconds
+                         else f"{'-':>9}")
                 print(f"{head_dim:>4} {'yes' if causal else 'no':>6} {length:>6} "
                       f"{seconds * 1e3:12.2f} {torch_ms} {ratio}", flush=True)
     _print_gradient_errors(torch, fastattn_sdpa, heads, min(lengths), min(head_dims))
@@ -627,7 +646,8 @@ def run_blog(repeats):
              "blog": lambda: [theirs("to", words, embeddings, word_to_index)
                               for _ in range(calls)]}, repeats)
         t_ours, t_blog = medians["fastattn"] / calls, medians["blog"] / calls
-        print(f"{name:<34} {t_ours * 1e6:12.2f} {t_blog * 1e6:14.2f} {t_blog / t_ours:8.2f}x")
+        print(f"{name:<34} {t_ours * 1e6:12.2f} {t_blog * 1e6:14.2f} "
+              f"{medians.ratio('blog', 'fastattn'):8.2f}x")
 
 
 def slope_fit(lengths, seconds, min_length=1024, min_points=3):
@@ -840,7 +860,8 @@ def run_prefill(torch, threads, args):
             row["gemm_gflops"] = 2 * side**3 / medians[gemm_name] / 1e9
             share = row["gflops"] / row["gemm_gflops"]
             values += [f"{row['gemm_gflops']:.1f}", f"{100 * share:.0f}%"]
-        values += [f"{medians[name] / seconds:.2f}x" if name in medians else "-" for name in peers]
+        values += [f"{medians.ratio(name, 'fastattn'):.2f}x" if name in medians else "-"
+                   for name in peers]
         print(_cells(values, columns), flush=True)
         rows.append(row)
     return rows
@@ -854,8 +875,8 @@ def run(args):
           f"torch {torch.__version__ if torch else 'not installed'}")
     print(f"CPU: {cpu_model()}; SIMD path {_simd.active()} "
           f"({_sdpa.lanes(_simd.active(), False)} float32 lanes); {threads} thread(s)")
-    print(f"interleaved, median of {args.repeats} runs; GFLOP/s = 4*B*H*L*S*D / time "
-          f"(halved when causal)")
+    print(f"interleaved, median of {args.repeats} runs (ratios: the median of the per-round "
+          f"ratios); GFLOP/s = 4*B*H*L*S*D / time (halved when causal)")
     rows = run_prefill(torch, threads, args)
 
     if args.plot:
