@@ -668,14 +668,32 @@ static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
     }
 }
 
-/* weights[i][key_start + j] = scores[j][i]: the transposed tile, for the weights */
+/* weights[i][key_start + j] = scores[j][i]: the transposed tile, for the weights;
+ * by LANES x LANES blocks transposed in registers where whole blocks fit (as
+ * pack_query_t: element by element, these strided reads were half of fa_attend's
+ * time under MultiHeadAttention with weights), the rest element by element. A
+ * narrow S (decoding) has fewer than LANES queries: no whole block. */
 static void FN(store_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                              ptrdiff_t width, const REAL *scores)
 {
     REAL *weights = (REAL *)job->weights + key_start;
-    for (ptrdiff_t i = 0; i < job->n_queries; ++i) {
-        REAL *row = weights + i * job->weights_row_stride;
-        for (ptrdiff_t j = 0; j < n_keys; ++j) row[j] = scores[j * width + i];
+    const ptrdiff_t n_queries = job->n_queries, row_stride = job->weights_row_stride;
+    ptrdiff_t block_rows = 0, block_keys = 0;
+#if defined(FA_HAVE_TRANSPOSE)
+    block_rows = n_queries - n_queries % LANES;
+    block_keys = n_keys - n_keys % LANES;
+    for (ptrdiff_t i0 = 0; i0 < block_rows; i0 += LANES)
+        for (ptrdiff_t j0 = 0; j0 < block_keys; j0 += LANES) {
+            VREAL rows[LANES];
+            for (int r = 0; r < LANES; ++r) rows[r] = VLOAD(scores + (j0 + r) * width + i0);
+            VTRANSPOSE(rows);
+            for (int r = 0; r < LANES; ++r) VSTORE(weights + (i0 + r) * row_stride + j0, rows[r]);
+        }
+#endif
+    for (ptrdiff_t i = 0; i < n_queries; ++i) {
+        REAL *row = weights + i * row_stride;
+        for (ptrdiff_t j = i < block_rows ? block_keys : 0; j < n_keys; ++j)
+            row[j] = scores[j * width + i];
     }
 }
 
