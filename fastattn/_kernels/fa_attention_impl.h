@@ -668,6 +668,20 @@ static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
     }
 }
 
+#if defined(FA_HAVE_TRANSPOSE)
+/* dst[r][c] = src[c][r] * (row_factor ? row_factor[r] : factor) for one LANES x LANES
+ * block, rows src_row and dst_row apart, transposed in registers (fa_simd.h) */
+FA_INLINE void FN(transpose_block)(const REAL *src, ptrdiff_t src_row, REAL *dst,
+                                   ptrdiff_t dst_row, REAL factor, const REAL *row_factor)
+{
+    VREAL rows[LANES];
+    for (int r = 0; r < LANES; ++r) rows[r] = VLOAD(src + r * src_row);
+    VTRANSPOSE(rows);
+    for (int r = 0; r < LANES; ++r)
+        VSTORE(dst + r * dst_row, rows[r] * (row_factor ? row_factor[r] : factor));
+}
+#endif
+
 /* weights[i][key_start + j] = scores[j][i]: the transposed tile, for the weights;
  * by LANES x LANES blocks transposed in registers where whole blocks fit (as
  * pack_query_t: element by element, these strided reads were half of fa_attend's
@@ -683,12 +697,9 @@ static void FN(store_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n
     block_rows = n_queries - n_queries % LANES;
     block_keys = n_keys - n_keys % LANES;
     for (ptrdiff_t i0 = 0; i0 < block_rows; i0 += LANES)
-        for (ptrdiff_t j0 = 0; j0 < block_keys; j0 += LANES) {
-            VREAL rows[LANES];
-            for (int r = 0; r < LANES; ++r) rows[r] = VLOAD(scores + (j0 + r) * width + i0);
-            VTRANSPOSE(rows);
-            for (int r = 0; r < LANES; ++r) VSTORE(weights + (i0 + r) * row_stride + j0, rows[r]);
-        }
+        for (ptrdiff_t j0 = 0; j0 < block_keys; j0 += LANES)
+            FN(transpose_block)(scores + j0 * width + i0, width, weights + i0 * row_stride + j0,
+                                row_stride, 1, NULL);
 #endif
     for (ptrdiff_t i = 0; i < n_queries; ++i) {
         REAL *row = weights + i * row_stride;
@@ -805,12 +816,9 @@ static void FN(pack_query_t)(const fa_job *job, ptrdiff_t width, ptrdiff_t pitch
         block_rows = n_queries - n_queries % LANES;
         block_cols = head_dim - head_dim % LANES;
         for (ptrdiff_t i0 = 0; i0 < block_rows; i0 += LANES)
-            for (ptrdiff_t e0 = 0; e0 < block_cols; e0 += LANES) {
-                VREAL rows[LANES];
-                for (int r = 0; r < LANES; ++r) rows[r] = VLOAD(query + (i0 + r) * row_stride + e0);
-                VTRANSPOSE(rows);
-                for (int r = 0; r < LANES; ++r) VSTORE(packed + (e0 + r) * pitch + i0, rows[r] * scale);
-            }
+            for (ptrdiff_t e0 = 0; e0 < block_cols; e0 += LANES)
+                FN(transpose_block)(query + i0 * row_stride + e0, row_stride,
+                                    packed + e0 * pitch + i0, pitch, scale, NULL);
     }
 #endif
     /* the rest element by element, row by row (rows read in order), and the padding */
@@ -1013,14 +1021,10 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         block_rows = nq - nq % LANES;
         block_cols = value_dim - value_dim % LANES;
         for (ptrdiff_t i0 = 0; i0 < block_rows; i0 += LANES)
-            for (ptrdiff_t c0 = 0; c0 < block_cols; c0 += LANES) {
-                VREAL rows[LANES];
-                for (int r = 0; r < LANES; ++r) rows[r] = VLOAD(w.acc + (c0 + r) * pitch + i0);
-                VTRANSPOSE(rows);
-                for (int r = 0; r < LANES; ++r)
-                    VSTORE(out + (i0 + r) * job->out_row_stride + c0,
-                           rows[r] * inverse_sum[i0 + r]);
-            }
+            for (ptrdiff_t c0 = 0; c0 < block_cols; c0 += LANES)
+                FN(transpose_block)(w.acc + c0 * pitch + i0, pitch,
+                                    out + i0 * job->out_row_stride + c0, job->out_row_stride,
+                                    1, inverse_sum + i0);
     }
 #endif
     for (ptrdiff_t i = 0; i < nq; ++i) {
@@ -1157,14 +1161,9 @@ static void FN(pack_panels)(const REAL *src, ptrdiff_t row_stride, ptrdiff_t col
             block_cols = real_cols > 0 ? real_cols - real_cols % LANES : 0;
             block_depth = depth - depth % LANES;
             for (ptrdiff_t c0 = 0; c0 < block_cols; c0 += LANES)
-                for (ptrdiff_t r0 = 0; r0 < block_depth; r0 += LANES) {
-                    VREAL rows[LANES];
-                    for (int k = 0; k < LANES; ++k)
-                        rows[k] = VLOAD(src + (p0 + c0 + k) * col_stride + r0);
-                    VTRANSPOSE(rows);
-                    for (int k = 0; k < LANES; ++k)
-                        VSTORE(panel + (r0 + k) * FA_PANEL + c0, rows[k] * factor);
-                }
+                for (ptrdiff_t r0 = 0; r0 < block_depth; r0 += LANES)
+                    FN(transpose_block)(src + (p0 + c0) * col_stride + r0, col_stride,
+                                        panel + r0 * FA_PANEL + c0, FA_PANEL, factor, NULL);
         }
 #endif
         for (ptrdiff_t r = 0; r < depth; ++r)
