@@ -444,7 +444,8 @@ static const FN(value_fn) FN(value_blocks)[2][8][4] = { FA_VALUE_TABLE_ROWS(0),
 #undef FA_VALUE_TABLE_VECS
 #undef FA_VALUE_TABLE_ROWS
 
-/* acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
+/* The decoding path's value product (the prefill's is accumulate_values_t):
+ * acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
  * The keys are walked in chunks of FA_VALUE_CHUNK so that the panel of V a
  * register block streams through (chunk x block width) stays in L1. */
 static void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_t width,
