@@ -387,8 +387,9 @@ def scaled_dot_product_attention_backward(grad_output, query, key, value, output
         return batch_shape[:-1] + (batch_shape[-1] // repeats,) if batch_shape else ()
 
     grad_query = np.empty(batch_shape + (n_queries, head_dim_pad), dtype=q.dtype)
-    grad_key = np.zeros((n_splits,) + heads(key_repeats) + (n_keys, head_dim_pad), dtype=q.dtype)
-    grad_value = np.zeros((n_splits,) + heads(value_repeats) + (n_keys, value_dim_pad),
+    # attend_backward zeroes these itself, in the threads that add to them
+    grad_key = np.empty((n_splits,) + heads(key_repeats) + (n_keys, head_dim_pad), dtype=q.dtype)
+    grad_value = np.empty((n_splits,) + heads(value_repeats) + (n_keys, value_dim_pad),
                           dtype=q.dtype)
     _sdpa.attend_backward(_sdpa.Problem(
         out=arrays["output"], lse=np.ascontiguousarray(arrays["lse"]),
