@@ -78,8 +78,8 @@ cdef class Problem:
     and merged by log-sum-exp (split-KV; no weights then).
 
     The backward pass (:func:`attend_backward`) reads the same fields, with ``lse``
-    the forward's, plus ``grad_out`` (*batch, L, Ev), ``delta`` (*batch, L),
-    contiguous: rowsum(grad_out * out), and writes ``grad_query`` (*batch, L, E'),
+    and ``out`` the forward's (columns contiguous), plus ``grad_out`` (*batch, L, Ev),
+    and writes ``grad_query`` (*batch, L, E'),
     ``grad_key`` (n_splits, *key batch, S, E') and ``grad_value`` (n_splits, *value
     batch, S, Ev'), C-contiguous, rows padded to whole vectors (E', Ev'), which it
     zeroes first (need not be),
@@ -90,7 +90,7 @@ cdef class Problem:
     """
     cdef public object query, key, value, out, mask, weights, lse, alibi_slopes
     cdef public object key_lengths, query_offsets
-    cdef public object grad_out, delta, grad_query, grad_key, grad_value
+    cdef public object grad_out, grad_query, grad_key, grad_value
     cdef public tuple batch_shape, head_repeats
     cdef public int mask_kind, kv_storage
     cdef public Py_ssize_t n_queries, n_keys, head_dim, value_dim
@@ -108,7 +108,7 @@ cdef class Problem:
                  Py_ssize_t query_offset=0, Py_ssize_t rows_per_position=1,
                  Py_ssize_t window_left=FA_UNBOUNDED, Py_ssize_t window_right=FA_UNBOUNDED,
                  double softcap=0.0, alibi_slopes=None, key_lengths=None, query_offsets=None,
-                 Py_ssize_t n_splits=1, grad_out=None, delta=None, grad_query=None,
+                 Py_ssize_t n_splits=1, grad_out=None, grad_query=None,
                  grad_key=None, grad_value=None):
         self.query, self.key, self.value, self.out = query, key, value, out
         self.batch_shape, self.head_repeats = tuple(batch_shape), head_repeats
@@ -124,14 +124,14 @@ cdef class Problem:
         self.window_left, self.window_right = window_left, window_right
         self.softcap, self.alibi_slopes = softcap, alibi_slopes
         self.key_lengths, self.query_offsets = key_lengths, query_offsets
-        self.grad_out, self.delta, self.grad_query = grad_out, delta, grad_query
+        self.grad_out, self.grad_query = grad_out, grad_query
         self.grad_key, self.grad_value = grad_key, grad_value
 
 
 cdef enum:
     # the operands with batch dims, in the order of batch_layout's tables
     QUERY, KEY, VALUE, MASK, OUT, WEIGHTS, LSE, ALIBI, KEY_LENGTHS, QUERY_OFFSETS,
-    GRAD_OUT, DELTA, GRAD_QUERY, GRAD_KEY, GRAD_VALUE, N_OPERANDS
+    GRAD_OUT, GRAD_QUERY, GRAD_KEY, GRAD_VALUE, N_OPERANDS
 
 cdef struct batch_layout:
     # how a flat batch index maps to byte offsets in each operand
@@ -208,14 +208,14 @@ cdef Py_ssize_t *_fill_layout(Problem problem, Py_ssize_t heads_averaged,
     cdef tuple operands = (problem.query, problem.key, problem.value, problem.mask,
                            problem.out, problem.weights, problem.lse, problem.alibi_slopes,
                            problem.key_lengths, problem.query_offsets, problem.grad_out,
-                           problem.delta, problem.grad_query, grad_key, grad_value)
+                           problem.grad_query, grad_key, grad_value)
     # the dims of each operand that are not batch dims (rows, columns, ...)
     cdef Py_ssize_t n_trailing[N_OPERANDS]
-    n_trailing[:] = [2, 2, 2, 2, 2, 2, 1, 1, 0, 0, 2, 1, 2, 2, 2]
+    n_trailing[:] = [2, 2, 2, 2, 2, 2, 1, 1, 0, 0, 2, 2, 2, 2]
     cdef Py_ssize_t key_repeats = problem.head_repeats[0], value_repeats = problem.head_repeats[1]
     cdef Py_ssize_t head_divisor[N_OPERANDS]
     head_divisor[:] = [1, key_repeats, value_repeats, 1, 1, 1, 1, 1, 1, 1,
-                       1, 1, 1, key_repeats, value_repeats]
+                       1, 1, key_repeats, value_repeats]
     # sizes, then the batch strides of each operand, in one small C buffer
     cdef Py_ssize_t *dims = <Py_ssize_t *>malloc(
         ((N_OPERANDS + 1) * n_dims + 1) * sizeof(Py_ssize_t))
@@ -475,7 +475,7 @@ cdef inline void _run_backward_job(const fa_backward_job *template, const backwa
             job.forward.alibi_slopes = <const double *>(<const char *>plan.alibi_slopes
                                                         + _batch_offset(layout, ALIBI, batch))
         job.grad_out = <const char *>template.grad_out + _batch_offset(layout, GRAD_OUT, batch)
-        job.delta = <const char *>template.delta + _batch_offset(layout, DELTA, batch)
+        job.forward.out = <char *>template.forward.out + _batch_offset(layout, OUT, batch)
         job.grad_query = <char *>template.grad_query + _batch_offset(layout, GRAD_QUERY, batch)
         job.grad_key = (<char *>template.grad_key + split * plan.grad_key_split_bytes
                         + _batch_offset(layout, GRAD_KEY, batch))
@@ -540,7 +540,6 @@ def attend_backward(Problem problem):
     template.grad_out = _data(problem.grad_out)
     template.grad_out_row_stride = _stride(problem.grad_out, 2, problem.grad_out.dtype.itemsize)
     template.grad_out_col_stride = _stride(problem.grad_out, 1, problem.grad_out.dtype.itemsize)
-    template.delta = _data(problem.delta)
     template.grad_query = <void *>_data(problem.grad_query)
     template.grad_key = <void *>_data(problem.grad_key)
     template.grad_value = <void *>_data(problem.grad_value)

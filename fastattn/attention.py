@@ -365,8 +365,9 @@ def scaled_dot_product_attention_backward(grad_output, query, key, value, output
     threads = _thread_count(num_threads)
     grad_out = arrays["grad_output"]
     _element_strides(grad_out, "grad_output")
-    # rowsum(dO * O): the softmax's term of every query row, O(L) extra
-    delta = np.einsum("...i,...i->...", grad_out, arrays["output"])
+    output = arrays["output"]
+    if output.shape[-1] > 1 and output.strides[-1] != output.itemsize:
+        output = np.ascontiguousarray(output)     # the kernels read its rows as vectors
 
     isa = _simd.active()
     lanes = _sdpa.lanes(isa, q.dtype == np.float64)
@@ -392,8 +393,7 @@ def scaled_dot_product_attention_backward(grad_output, query, key, value, output
     grad_value = np.empty((n_splits,) + heads(value_repeats) + (n_keys, value_dim_pad),
                           dtype=q.dtype)
     _sdpa.attend_backward(_sdpa.Problem(
-        out=arrays["output"], lse=np.ascontiguousarray(arrays["lse"]),
-        grad_out=grad_out, delta=np.ascontiguousarray(delta, dtype=q.dtype),
+        out=output, lse=np.ascontiguousarray(arrays["lse"]), grad_out=grad_out,
         grad_query=grad_query, grad_key=grad_key, grad_value=grad_value, n_splits=n_splits,
         tile_queries=tile_queries, tile_keys=_tiles["backward_keys"], isa=isa,
         num_threads=threads, **fields))

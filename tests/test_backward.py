@@ -134,6 +134,22 @@ def test_strided_inputs(rng, dtype):
     check(rng, q, k, v, is_causal=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_output_and_grad_output(rng, dtype):
+    """The forward's output and grad_output as views with strided columns: the
+    kernel reads both (delta = rowsum(dO * O) included) as contiguous copies give."""
+    q, k, v = make_inputs(rng, (2, 3), 33, 29, 16, 12, dtype)
+    out, lse = scaled_dot_product_attention(q, k, v, return_lse=True)
+    grad_out = rng.standard_normal(out.shape).astype(dtype)
+    expected = scaled_dot_product_attention_backward(grad_out, q, k, v, out, lse)
+    strided_out = np.asfortranarray(out)
+    strided_grad = np.zeros(out.shape[:-1] + (2 * out.shape[-1],), dtype)[..., ::2]
+    strided_grad[...] = grad_out
+    got = scaled_dot_product_attention_backward(strided_grad, q, k, v, strided_out, lse)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
 def threads_and_tiles_case(rng, dtype):
     q, k, v = make_inputs(rng, (1, 2), 300, 260, 24, 20, dtype)
     grad_out = rng.standard_normal((1, 2, 300, 20)).astype(dtype)

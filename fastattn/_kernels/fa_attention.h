@@ -58,10 +58,9 @@ typedef struct {
 /* The backward pass of one query tile of one (batch, head): the problem as the
  * forward pass saw it, and where the gradients go. */
 typedef struct {
-    fa_job forward;        /* float or double keys and values; lse (required) is the
-                              forward's; out, weights and split-KV unused */
+    fa_job forward;        /* float or double keys and values; out and lse (required)
+                              are the forward's; weights and split-KV unused */
     const void *grad_out;  ptrdiff_t grad_out_row_stride, grad_out_col_stride;
-    const void *delta;     /* rowsum(grad_out * out), one per query row, contiguous */
     /* rows of head_dim (value_dim) padded to whole vectors, contiguous columns: the
      * tile's rows of grad_query are written; grad_key and grad_value rows (the whole
      * sequence of this head's keys) are added to */

@@ -1208,11 +1208,26 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
     FN(pack_panels)(grad_out, g_row, g_col, nq, value_dim, value_dim_pad, 1, width,
                     w.grad_out_rows);
     FN(pack_panels)(grad_out, g_col, g_row, value_dim, nq, width, 1, value_dim, w.grad_out_t);
-    const REAL *lse = (const REAL *)job->lse + q0, *delta = (const REAL *)backward->delta + q0;
+    const REAL *lse = (const REAL *)job->lse + q0;
+    const REAL *out = (const REAL *)job->out + q0 * job->out_row_stride;
     for (ptrdiff_t i = 0; i < width; ++i) {
         /* a row that saw no key (lse -inf) and the padding get P = e^(s - inf) = 0 */
         w.lse[i] = i < nq && lse[i] != -INFINITY ? lse[i] : (REAL)INFINITY;
-        w.delta[i] = i < nq ? delta[i] : 0;
+        /* delta = rowsum(dO * O), dO from its packed rows (zero past value_dim) */
+        REAL delta = 0;
+        if (i < nq) {
+            const REAL *out_row = out + i * job->out_row_stride;
+            ptrdiff_t c = 0;
+            VREAL sum = VSPLAT(0);
+            for (; c + LANES <= value_dim; c += LANES)
+                sum += VLOAD(w.grad_out_rows + (c / FA_PANEL) * width * FA_PANEL
+                             + i * FA_PANEL + c % FA_PANEL) * VLOAD(out_row + c);
+            delta = VHSUM(sum);
+            for (; c < value_dim; ++c)
+                delta += w.grad_out_rows[(c / FA_PANEL) * width * FA_PANEL + i * FA_PANEL
+                                         + c % FA_PANEL] * out_row[c];
+        }
+        w.delta[i] = delta;
     }
     memset(w.grad_query, 0, (size_t)(width * head_dim_pad) * sizeof(REAL));
 
