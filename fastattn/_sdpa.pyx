@@ -79,14 +79,13 @@ cdef class Problem:
 
     The backward pass (:func:`attend_backward`) reads the same fields, with ``lse``
     and ``out`` the forward's (columns contiguous), plus ``grad_out`` (*batch, L, Ev),
-    and writes ``grad_query`` (*batch, L, E'),
-    ``grad_key`` (n_splits, *key batch, S, E') and ``grad_value`` (n_splits, *value
-    batch, S, Ev'), C-contiguous, rows padded to whole vectors (E', Ev'), which it
-    zeroes first (need not be),
-    the batch dims those of ``batch_shape`` with the GQA heads of key and value
-    (never broadcast: each slice belongs to one job). There ``n_splits`` deals the
-    query tiles of a head to that many parts, each adding to its own slice of
-    ``grad_key`` and ``grad_value``, which the caller sums.
+    and writes ``grad_query`` (*batch, L, E'), ``grad_key`` (n_splits, *key batch,
+    S, E') and ``grad_value`` (n_splits, *value batch, S, Ev'): C-contiguous, rows
+    padded to whole vectors (E', Ev'), whatever they hold on entry (each job zeroes
+    its own slices first), the batch dims those of ``batch_shape`` with the GQA
+    heads of key and value (never broadcast: each slice belongs to one job). There
+    ``n_splits`` deals the query tiles of a head to that many parts, each adding to
+    its own slice of ``grad_key`` and ``grad_value``, which the caller sums.
     """
     cdef public object query, key, value, out, mask, weights, lse, alibi_slopes
     cdef public object key_lengths, query_offsets
