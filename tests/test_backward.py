@@ -169,6 +169,37 @@ def test_threads_agree_to_rounding(rng, dtype):
     assert_grads_close(one, expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradient_buffers_need_not_be_zero(rng, monkeypatch, dtype):
+    """The key and value gradients are accumulated in buffers the kernel zeroes
+    itself (each job its own slices): given NaN-filled memory for every array the
+    backward allocates, the results are unchanged. GQA groups (a slice shared by
+    several query heads), query tiles split over parts, keys no query sees under a
+    window, and no queries at all."""
+    real_empty = np.empty
+
+    def nan_filled(*args, **kwargs):
+        array = real_empty(*args, **kwargs)
+        if array.dtype.kind == "f":
+            array.fill(np.nan)
+        return array
+
+    cases = [(make_inputs(rng, (1, 2), 300, 260, 24, 20, dtype), dict(num_threads=3)),
+             (make_inputs(rng, (2, 4), 40, 50, 16, 8, dtype), dict(is_causal=True)),
+             (make_inputs(rng, (2,), 30, 90, 8, 8, dtype), dict(window=(5, 5))),
+             (make_inputs(rng, (2,), 0, 6, 4, 3, dtype), {})]
+    q, k, v = make_inputs(rng, (1, 8), 33, 47, 16, 12, dtype)
+    cases.append(((q, k[:, :2], v[:, :2]), dict(enable_gqa=True)))
+    for (q, k, v), kwargs in cases:
+        grad_out = rng.standard_normal(q.shape[:-1] + (v.shape[-1],)).astype(dtype)
+        expected = forward_backward(q, k, v, grad_out, **kwargs)
+        with monkeypatch.context() as patch:
+            patch.setattr(np, "empty", nan_filled)
+            got = forward_backward(q, k, v, grad_out, **kwargs)
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g, e)
+
+
 @pytest.mark.parametrize("queries,keys", [(1, 1), (8, 7), (16, 64), (64, 1000), (512, 33)])
 def test_tile_sizes_do_not_change_results(rng, monkeypatch, queries, keys):
     q, k, v, grad_out, kwargs = threads_and_tiles_case(rng, np.float64)
