@@ -308,37 +308,32 @@ FA_INLINE vf64 exp_nonpositive_f64(vf64 x) {
                 rows[r + (h)] = __builtin_shuffle(a, b, high);                        \
             }                                                                         \
     } while (0)
+/* all the stages of an n-lane transpose, h = n/2 .. 1, each h a literal constant */
+#  define FA_TRANSPOSE_2(T, rows) FA_TRANSPOSE_STAGE(T, FA_LANE_LIST2, 2, rows, 1)
+#  define FA_TRANSPOSE_4(T, rows)                                                     \
+    FA_TRANSPOSE_STAGE(T, FA_LANE_LIST4, 4, rows, 2);                                 \
+    FA_TRANSPOSE_STAGE(T, FA_LANE_LIST4, 4, rows, 1)
+#  define FA_TRANSPOSE_8(T, rows)                                                     \
+    FA_TRANSPOSE_STAGE(T, FA_LANE_LIST8, 8, rows, 4);                                 \
+    FA_TRANSPOSE_STAGE(T, FA_LANE_LIST8, 8, rows, 2);                                 \
+    FA_TRANSPOSE_STAGE(T, FA_LANE_LIST8, 8, rows, 1)
+#  define FA_TRANSPOSE_16(T, rows)                                                    \
+    FA_TRANSPOSE_STAGE(T, FA_LANE_LIST16, 16, rows, 8);                               \
+    FA_TRANSPOSE_STAGE(T, FA_LANE_LIST16, 16, rows, 4);                               \
+    FA_TRANSPOSE_STAGE(T, FA_LANE_LIST16, 16, rows, 2);                               \
+    FA_TRANSPOSE_STAGE(T, FA_LANE_LIST16, 16, rows, 1)
 #  if FA_VEC_BYTES == 64
-FA_INLINE void transpose_f32(vf32 *rows) {
-    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST16, 16, rows, 8);
-    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST16, 16, rows, 4);
-    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST16, 16, rows, 2);
-    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST16, 16, rows, 1);
-}
-FA_INLINE void transpose_f64(vf64 *rows) {
-    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST8, 8, rows, 4);
-    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST8, 8, rows, 2);
-    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST8, 8, rows, 1);
-}
+#    define FA_TRANSPOSE_F32 FA_TRANSPOSE_16
+#    define FA_TRANSPOSE_F64 FA_TRANSPOSE_8
 #  elif FA_VEC_BYTES == 32
-FA_INLINE void transpose_f32(vf32 *rows) {
-    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST8, 8, rows, 4);
-    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST8, 8, rows, 2);
-    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST8, 8, rows, 1);
-}
-FA_INLINE void transpose_f64(vf64 *rows) {
-    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST4, 4, rows, 2);
-    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST4, 4, rows, 1);
-}
+#    define FA_TRANSPOSE_F32 FA_TRANSPOSE_8
+#    define FA_TRANSPOSE_F64 FA_TRANSPOSE_4
 #  else
-FA_INLINE void transpose_f32(vf32 *rows) {
-    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST4, 4, rows, 2);
-    FA_TRANSPOSE_STAGE(vi32, FA_LANE_LIST4, 4, rows, 1);
-}
-FA_INLINE void transpose_f64(vf64 *rows) {
-    FA_TRANSPOSE_STAGE(vi64, FA_LANE_LIST2, 2, rows, 1);
-}
+#    define FA_TRANSPOSE_F32 FA_TRANSPOSE_4
+#    define FA_TRANSPOSE_F64 FA_TRANSPOSE_2
 #  endif
+FA_INLINE void transpose_f32(vf32 *rows) { FA_TRANSPOSE_F32(vi32, rows); }
+FA_INLINE void transpose_f64(vf64 *rows) { FA_TRANSPOSE_F64(vi64, rows); }
 #endif
 
 /* |x| and x with the sign of `sign`, through the sign bit (NaN stays NaN).
