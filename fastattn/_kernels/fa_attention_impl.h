@@ -669,39 +669,50 @@ static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
     }
 }
 
-#if defined(FA_HAVE_TRANSPOSE)
-/* dst[r][c] = src[c][r] * (row_factor ? row_factor[r] : factor) for one LANES x LANES
- * block, rows src_row and dst_row apart, transposed in registers (fa_simd.h) */
-FA_INLINE void FN(transpose_block)(const REAL *src, ptrdiff_t src_row, REAL *dst,
-                                   ptrdiff_t dst_row, REAL factor, const REAL *row_factor)
+/* dst[r][c] = src[c * src_row + r] * (row_factor ? row_factor[r] : factor) over the
+ * whole LANES x LANES blocks of an n_rows x n_cols dst (rows dst_row apart), each
+ * transposed in registers (fa_simd.h): whole-vector loads and stores, where element
+ * by element down a column each load is a cache miss once rows lie 512 bytes apart.
+ * Sets *block_rows and *block_cols to the part of dst the blocks covered (none
+ * without FA_HAVE_TRANSPOSE); the caller copies the rest element by element. */
+static void FN(transpose_blocks)(const REAL *src, ptrdiff_t src_row, REAL *dst,
+                                 ptrdiff_t dst_row, ptrdiff_t n_rows, ptrdiff_t n_cols,
+                                 REAL factor, const REAL *row_factor, ptrdiff_t *block_rows,
+                                 ptrdiff_t *block_cols)
 {
-    VREAL rows[LANES];
-    for (int r = 0; r < LANES; ++r) rows[r] = VLOAD(src + r * src_row);
-    VTRANSPOSE(rows);
-    for (int r = 0; r < LANES; ++r)
-        VSTORE(dst + r * dst_row, rows[r] * (row_factor ? row_factor[r] : factor));
-}
+    *block_rows = 0;
+    *block_cols = 0;
+#if defined(FA_HAVE_TRANSPOSE)
+    if (n_rows <= 0 || n_cols <= 0) return;
+    *block_rows = n_rows - n_rows % LANES;
+    *block_cols = n_cols - n_cols % LANES;
+    for (ptrdiff_t r0 = 0; r0 < *block_rows; r0 += LANES)
+        for (ptrdiff_t c0 = 0; c0 < *block_cols; c0 += LANES) {
+            VREAL rows[LANES];
+            for (int r = 0; r < LANES; ++r) rows[r] = VLOAD(src + (c0 + r) * src_row + r0);
+            VTRANSPOSE(rows);
+            for (int r = 0; r < LANES; ++r)
+                VSTORE(dst + (r0 + r) * dst_row + c0,
+                       rows[r] * (row_factor ? row_factor[r0 + r] : factor));
+        }
+#else
+    (void)src; (void)src_row; (void)dst; (void)dst_row; (void)n_rows; (void)n_cols;
+    (void)factor; (void)row_factor;
 #endif
+}
 
 /* weights[i][key_start + j] = scores[j][i]: the transposed tile, for the weights;
- * by LANES x LANES blocks transposed in registers where whole blocks fit (as
- * pack_query_t: element by element, these strided reads were half of fa_attend's
- * time under MultiHeadAttention with weights), the rest element by element. A
- * narrow S (decoding) has fewer than LANES queries: no whole block. */
+ * by register blocks (element by element, these strided reads were half of
+ * fa_attend's time under MultiHeadAttention with weights), the rest element by
+ * element. A narrow S (decoding) has fewer than LANES queries: no whole block. */
 static void FN(store_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                              ptrdiff_t width, const REAL *scores)
 {
     REAL *weights = (REAL *)job->weights + key_start;
     const ptrdiff_t n_queries = job->n_queries, row_stride = job->weights_row_stride;
-    ptrdiff_t block_rows = 0, block_keys = 0;
-#if defined(FA_HAVE_TRANSPOSE)
-    block_rows = n_queries - n_queries % LANES;
-    block_keys = n_keys - n_keys % LANES;
-    for (ptrdiff_t i0 = 0; i0 < block_rows; i0 += LANES)
-        for (ptrdiff_t j0 = 0; j0 < block_keys; j0 += LANES)
-            FN(transpose_block)(scores + j0 * width + i0, width, weights + i0 * row_stride + j0,
-                                row_stride, 1, NULL);
-#endif
+    ptrdiff_t block_rows, block_keys;
+    FN(transpose_blocks)(scores, width, weights, row_stride, n_queries, n_keys, 1, NULL,
+                         &block_rows, &block_keys);
     for (ptrdiff_t i = 0; i < n_queries; ++i) {
         REAL *row = weights + i * row_stride;
         for (ptrdiff_t j = i < block_rows ? block_keys : 0; j < n_keys; ++j)
@@ -808,24 +819,15 @@ static void FN(pack_query_t)(const fa_job *job, ptrdiff_t width, ptrdiff_t pitch
     const REAL scale = (REAL)job->scale;
     const ptrdiff_t row_stride = job->query_row_stride, col_stride = job->query_col_stride;
     const ptrdiff_t n_queries = job->n_queries, head_dim = job->head_dim;
-    /* Blocks of LANES x LANES, transposed in registers: whole-vector loads and
-     * stores. Element by element down Q's columns (rows 512 bytes apart) each load
-     * was a cache miss: 17% of a short sequence's time. */
-    ptrdiff_t block_rows = 0, block_cols = 0;
-#if defined(FA_HAVE_TRANSPOSE)
-    if (col_stride == 1) {
-        block_rows = n_queries - n_queries % LANES;
-        block_cols = head_dim - head_dim % LANES;
-        for (ptrdiff_t i0 = 0; i0 < block_rows; i0 += LANES)
-            for (ptrdiff_t e0 = 0; e0 < block_cols; e0 += LANES)
-                FN(transpose_block)(query + i0 * row_stride + e0, row_stride,
-                                    packed + e0 * pitch + i0, pitch, scale, NULL);
-    }
-#endif
+    /* by register blocks (element by element down Q's columns was 17% of a short
+     * sequence's time), when Q's rows are contiguous */
+    ptrdiff_t block_dims, block_queries;
+    FN(transpose_blocks)(query, row_stride, packed, pitch, col_stride == 1 ? head_dim : 0,
+                         n_queries, scale, NULL, &block_dims, &block_queries);
     /* the rest element by element, row by row (rows read in order), and the padding */
     for (ptrdiff_t i = 0; i < width; ++i) {
         const REAL *row = query + i * row_stride;
-        for (ptrdiff_t e = i < block_rows ? block_cols : 0; e < head_dim; ++e)
+        for (ptrdiff_t e = i < block_queries ? block_dims : 0; e < head_dim; ++e)
             packed[e * pitch + i] = i < n_queries ? row[e * col_stride] * scale : 0;
     }
 }
@@ -1012,22 +1014,13 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     }
 
     /* out = A^T / l; a fully masked row gets zeros, as torch. The prefill's acc_t
-     * is transposed by blocks in registers, as Qt (see pack_query_t). */
+     * is transposed by register blocks (transpose_blocks), as Qt. */
     REAL *out = (REAL *)job->out + q0 * job->out_row_stride;
     REAL *inverse_sum = w.rescale;
     for (ptrdiff_t i = 0; i < nq; ++i) inverse_sum[i] = w.row_sum[i] == 0 ? 0 : 1 / w.row_sum[i];
-    ptrdiff_t block_rows = 0, block_cols = 0;
-#if defined(FA_HAVE_TRANSPOSE)
-    if (!decoding) {
-        block_rows = nq - nq % LANES;
-        block_cols = value_dim - value_dim % LANES;
-        for (ptrdiff_t i0 = 0; i0 < block_rows; i0 += LANES)
-            for (ptrdiff_t c0 = 0; c0 < block_cols; c0 += LANES)
-                FN(transpose_block)(w.acc + c0 * pitch + i0, pitch,
-                                    out + i0 * job->out_row_stride + c0, job->out_row_stride,
-                                    1, inverse_sum + i0);
-    }
-#endif
+    ptrdiff_t block_rows, block_cols;
+    FN(transpose_blocks)(w.acc, pitch, out, job->out_row_stride, decoding ? 0 : nq, value_dim,
+                         1, inverse_sum, &block_rows, &block_cols);
     for (ptrdiff_t i = 0; i < nq; ++i) {
         REAL *o = out + i * job->out_row_stride;
         if (decoding)
@@ -1153,20 +1146,13 @@ static void FN(pack_panels)(const REAL *src, ptrdiff_t row_stride, ptrdiff_t col
     for (ptrdiff_t p0 = 0; p0 < width_pad; p0 += FA_PANEL) {
         REAL *panel = dst + (p0 / FA_PANEL) * panel_depth * FA_PANEL;
         const ptrdiff_t cols = width_pad - p0 < FA_PANEL ? width_pad - p0 : FA_PANEL;
-        /* a transpose (src's rows are dst's columns: Q^T, dO^T) by LANES x LANES
-         * blocks in registers, as pack_query_t; the rest element by element */
-        ptrdiff_t block_cols = 0, block_depth = 0;
-#if defined(FA_HAVE_TRANSPOSE)
-        if (row_stride == 1) {
-            const ptrdiff_t real_cols = width - p0 < cols ? width - p0 : cols;
-            block_cols = real_cols > 0 ? real_cols - real_cols % LANES : 0;
-            block_depth = depth - depth % LANES;
-            for (ptrdiff_t c0 = 0; c0 < block_cols; c0 += LANES)
-                for (ptrdiff_t r0 = 0; r0 < block_depth; r0 += LANES)
-                    FN(transpose_block)(src + (p0 + c0) * col_stride + r0, col_stride,
-                                        panel + r0 * FA_PANEL + c0, FA_PANEL, factor, NULL);
-        }
-#endif
+        /* a transpose (src's rows are dst's columns: Q^T, dO^T) by register blocks;
+         * the rest element by element */
+        const ptrdiff_t real_cols = width - p0 < cols ? width - p0 : cols;
+        ptrdiff_t block_depth, block_cols;
+        FN(transpose_blocks)(src + p0 * col_stride, col_stride, panel, FA_PANEL,
+                             row_stride == 1 ? depth : 0, real_cols, factor, NULL, &block_depth,
+                             &block_cols);
         for (ptrdiff_t r = 0; r < depth; ++r)
             for (ptrdiff_t c = r < block_depth ? block_cols : 0; c < cols; ++c)
                 panel[r * FA_PANEL + c] = p0 + c < width
