@@ -111,6 +111,8 @@ def _query_tile(n_queries, n_batch, threads, lanes, band=_sdpa.UNBOUNDED):
 def _thread_count(num_threads):
     if num_threads is None:
         return _sdpa.max_threads()
+    if type(num_threads) is int and num_threads >= 1:    # the usual case, before the ABCs
+        return num_threads
     if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
         raise TypeError(f"num_threads must be an int or None, got {num_threads!r}")
     if num_threads < 1:
@@ -147,7 +149,9 @@ def _attention_shapes(q_shape, k_shape, v_shape, enable_gqa):
             head_repeats[name] = q_shape[-3] // shape[-3]
             leads[name] = leads[name][:-1] + (leads[name][-1] * head_repeats[name],)
     try:
-        batch_shape = np.broadcast_shapes(*leads.values())
+        # equal leading dims (the usual case) need no broadcasting rules
+        batch_shape = (tuple(leads["query"]) if leads["query"] == leads["key"] == leads["value"]
+                       else np.broadcast_shapes(*leads.values()))
     except ValueError:
         raise ValueError(f"the leading (batch, head) dimensions of query {q_shape}, key "
                          f"{k_shape} and value {v_shape} do not broadcast together") from None

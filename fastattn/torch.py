@@ -75,7 +75,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 def _plain_cpu_tensor(tensor):
     # a subclass (FakeTensor under torch.compile, CausalBias, ...) has its own
     # meaning of the call: leave it to torch
-    return (type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu"
+    return (type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.is_cpu
             and tensor.layout == torch.strided and not tensor.is_nested)
 
 
