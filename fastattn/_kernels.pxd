@@ -8,6 +8,7 @@ cdef extern from "fa_attention.h" nogil:
         FA_MASK_ADDITIVE
         FA_STORAGE_NATIVE
         FA_STORAGE_F16
+        FA_STORAGE_BF16
         FA_ISA_BASELINE
         FA_ISA_AVX2
         FA_ISA_AVX512

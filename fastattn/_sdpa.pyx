@@ -14,7 +14,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from fastattn._kernels cimport (
-    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_STORAGE_F16, FA_STORAGE_NATIVE,
+    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_STORAGE_BF16, FA_STORAGE_F16,
+    FA_STORAGE_NATIVE,
     FA_UNBOUNDED, fa_attend_fn, fa_backward_fn, fa_backward_job, fa_cpu_supports, fa_merge_fn,
     fa_thread_scratch, fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
     fa_openmp_enabled, fa_openmp_max_threads,
@@ -63,7 +64,7 @@ cdef class Problem:
     Arrays: ``query`` (*batch, L, E), ``key`` (*batch, S, E), ``value`` (*batch,
     S, Ev), each with its own leading dims that broadcast to ``batch_shape`` (key
     and value heads repeated ``head_repeats`` times for GQA); key and value may be
-    float16 storage for a float32 query (``kv_storage``); ``out`` (*batch, L, Ev),
+    float16 or bfloat16 storage for a float32 query (``kv_storage``); ``out`` (*batch, L, Ev),
     any batch and row strides, contiguous columns; optional ``mask`` (a view
     broadcast to (*batch, L, S), bool or of the query's dtype, ``mask_kind``
     saying which), ``weights`` (*batch, L, S), or (*batch[:-1], L, S) with
@@ -114,7 +115,9 @@ cdef class Problem:
         # (wraparound is off: no negative indices in this module)
         self.n_queries, self.head_dim = query.shape[query.ndim - 2], query.shape[query.ndim - 1]
         self.n_keys, self.value_dim = value.shape[value.ndim - 2], value.shape[value.ndim - 1]
-        self.kv_storage = FA_STORAGE_F16 if key.dtype.itemsize == 2 else FA_STORAGE_NATIVE
+        # 16-bit keys and values (float kernels only): float16, or ml_dtypes' bfloat16
+        self.kv_storage = (FA_STORAGE_NATIVE if key.dtype.itemsize != 2 else
+                           FA_STORAGE_BF16 if key.dtype.name == "bfloat16" else FA_STORAGE_F16)
         self.scale, self.isa, self.num_threads = scale, isa, num_threads
         self.tile_queries, self.tile_keys, self.n_splits = tile_queries, tile_keys, n_splits
         self.mask, self.mask_kind = mask, mask_kind

@@ -44,10 +44,17 @@ def tile_sizes(queries=None, keys=None):
 HALF = np.dtype(np.float16)
 
 
+def is_16bit_storage(dtype):
+    """float16, or bfloat16 (ml_dtypes' type, known by its name: fastattn never imports
+    ml_dtypes): key and value elements the kernels read and convert to float32."""
+    return dtype == HALF or (dtype.itemsize == 2 and dtype.name == "bfloat16")
+
+
 def _float_array(x, name, allow_half=False):
     array = np.asarray(x)
-    if array.dtype not in FLOAT_DTYPES and not (allow_half and array.dtype == HALF):
-        kinds = "float16, float32 or float64" if allow_half else "float32 or float64"
+    if array.dtype not in FLOAT_DTYPES and not (allow_half and is_16bit_storage(array.dtype)):
+        kinds = ("float16, bfloat16, float32 or float64" if allow_half
+                 else "float32 or float64")
         raise TypeError(f"{name} must be a {kinds} array, got dtype {array.dtype}")
     if not array.flags.aligned:
         array = array.copy()
@@ -237,9 +244,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
     query : array (..., L, E)
     key : array (..., S, E)
     value : array (..., S, Ev)
-        float32 or float64, all three the same dtype; or float16 key and value
-        (read as float16 by the kernel, computed in float32, never copied) with
-        a float16 or float32 query. The output has the query's dtype. The
+        float32 or float64, all three the same dtype; or float16 or bfloat16
+        (``ml_dtypes.bfloat16``) key and value, read as such by the kernel,
+        computed in float32, never copied, with a 16-bit or float32 query. The
+        output has the query's dtype. The
         leading dimensions broadcast against each other (NumPy rules).
     attn_mask : array, optional
         Broadcastable to (..., L, S). Boolean: True means the query may attend
@@ -341,7 +349,8 @@ def scaled_dot_product_attention_backward(grad_output, query, key, value, output
 
     Returns ``(grad_query, grad_key, grad_value)``, C-contiguous, with the shapes
     and dtype of query, key and value: broadcast leading dims and GQA groups are
-    summed back. float32 and float64; float16 inputs are refused (convert them).
+    summed back. float32 and float64; float16 and bfloat16 inputs are refused
+    (convert them).
     Results with 1 and several threads agree to rounding.
     """
     arrays = {}
@@ -498,15 +507,15 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
     q = _float_array(query, "query", allow_half=True)
     k = _float_array(key, "key", allow_half=True)
     v = _float_array(value, "value", allow_half=True)
-    # float16 is storage: keys and values are read as float16 by the kernel and
-    # computed in float32; a float16 query is converted (it is the size of the output)
-    # and the output returned in the query's dtype
+    # float16 and bfloat16 are storage: keys and values are read as such by the kernel
+    # and computed in float32; a 16-bit query is converted (it is the size of the
+    # output) and the output returned in the query's dtype
     if k.dtype != v.dtype or (np.float64 in (q.dtype, k.dtype) and q.dtype != k.dtype):
-        raise TypeError(f"query, key and value must have the same dtype (or float16 key and "
-                        f"value with a float16/float32 query), got {q.dtype}, {k.dtype} and "
-                        f"{v.dtype}")
+        raise TypeError(f"query, key and value must have the same dtype (or float16/bfloat16 "
+                        f"key and value with a 16-bit or float32 query), got {q.dtype}, "
+                        f"{k.dtype} and {v.dtype}")
     result_dtype = q.dtype
-    if q.dtype == HALF:
+    if is_16bit_storage(q.dtype):
         q = q.astype(np.float32)
         if out is not None:
             raise TypeError("out= needs a float32 or float64 query")

@@ -275,8 +275,8 @@ def _onnx_attention(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype
     if onnxruntime is None:
         return None
     from onnx import TensorProto, helper
-    elem = {np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.float32): TensorProto.FLOAT,
-            np.dtype(np.float64): TensorProto.DOUBLE}[np.dtype(dtype)]
+    elem = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16,
+            "float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}[np.dtype(dtype).name]
     node = helper.make_node("Attention", ["Q", "K", "V"], ["Y"], is_causal=int(is_causal))
     graph = helper.make_graph(
         [node], "attention",
@@ -350,12 +350,25 @@ def _torch_sdpa(torch, arrays, ours, tolerance=1e-4, **kwargs):
     ``ours`` (``_checked``); None without torch or when it differs."""
     if torch is None:
         return None
-    tq, tk, tv = (torch.from_numpy(a) for a in arrays)
+    tq, tk, tv = (_to_torch(torch, a) for a in arrays)
 
     def call():
         with torch.no_grad():
             return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, **kwargs)
-    return _checked("torch", call, ours, tolerance, lambda t: t.numpy())
+
+    def to_numpy(tensor):
+        if tensor.dtype == torch.bfloat16:      # back through its bits, as ml_dtypes'
+            return tensor.view(torch.int16).numpy().view(ours.dtype)
+        return tensor.numpy()
+    return _checked("torch", call, ours, tolerance, to_numpy)
+
+
+def _to_torch(torch, array):
+    """A tensor sharing ``array``'s memory; an ml_dtypes bfloat16 array through its
+    bits (torch.from_numpy knows no bfloat16)."""
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def _checked(name, call, ours, tolerance=1e-4, to_numpy=np.asarray):
@@ -389,23 +402,35 @@ DECODE_ROWS = [  # (B, query heads, kv heads, D, S)
 ]
 
 
-def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "float16")):
-    """One new token (Lq = 1) attending to a full KV cache, float32 and float16
-    caches: time, K/V bytes read per second, that as a share of this machine's
-    read bandwidth measured here, and torch's SDPA and onnxruntime's Attention op
-    on the same data (checked against ours before timing)."""
+def _storage_dtypes():
+    """The decode section's cache dtypes: float32, float16, and bfloat16 where
+    ml_dtypes is installed (NumPy has no bfloat16 of its own)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return ("float32", "float16")
+    return ("float32", "float16", np.dtype(ml_dtypes.bfloat16))
+
+
+def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=None):
+    """One new token (Lq = 1) attending to a full KV cache, float32, float16 and
+    (with ml_dtypes) bfloat16 caches: time, K/V bytes read per second, that as a
+    share of this machine's read bandwidth measured here, and torch's SDPA and
+    onnxruntime's Attention op on the same data (checked against ours before
+    timing)."""
+    dtypes = _storage_dtypes() if dtypes is None else dtypes
     bandwidth = read_bandwidth(threads)
     print(f"\ndecode over a KV cache, Lq = 1: read bandwidth measured now ({threads} threads, "
           f"OR-reduction of 512 MiB): {bandwidth / 1e9:.1f} GB/s")
-    header = (f"{'cache':>7} {'B':>2} {'Hq/Hkv':>6} {'D':>4} {'S':>6} {'fastattn ms':>12} "
+    header = (f"{'cache':>8} {'B':>2} {'Hq/Hkv':>6} {'D':>4} {'S':>6} {'fastattn ms':>12} "
               f"{'GB/s':>6} {'% bw':>5} {'torch ms':>9} {'onnxrt ms':>10} {'vs torch':>9} "
               f"{'vs onnxrt':>10}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
     results = []
-    for dtype_name in dtypes:
-        dtype = np.dtype(dtype_name)
+    for dtype in map(np.dtype, dtypes):
+        dtype_name = dtype.name
         for batch, q_heads, kv_heads, head_dim, n_keys in rows:
             q = rng.standard_normal((batch, q_heads, 1, head_dim), dtype=np.float32).astype(dtype)
             k_cache = rng.standard_normal((batch, kv_heads, n_keys, head_dim),
@@ -415,7 +440,8 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "fl
             ours = attention_with_kvcache(q, k_cache, v_cache, n_keys, num_threads=threads)
             contenders = {"fastattn": lambda: attention_with_kvcache(
                 q, k_cache, v_cache, n_keys, num_threads=threads)}
-            tolerance = 2e-3 if dtype == np.float16 else 1e-4
+            # 16-bit: the outputs' rounding (bfloat16 keeps 8 bits)
+            tolerance = {"float16": 2e-3, "bfloat16": 8e-3}.get(dtype_name, 1e-4)
             torch_decode = _torch_sdpa(torch, (q, k_cache, v_cache), ours, tolerance,
                                        enable_gqa=True)
             if torch_decode:
@@ -442,35 +468,39 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=("float32", "fl
                 return (f"{medians.ratio(name, 'fastattn'):{width - 1}.2f}x" if name in medians
                         else f"{'-':>{width}}")
 
-            print(f"{dtype_name:>7} {batch:>2} {q_heads:>3}/{kv_heads:<2} {head_dim:>4} "
+            print(f"{dtype_name:>8} {batch:>2} {q_heads:>3}/{kv_heads:<2} {head_dim:>4} "
                   f"{n_keys:>6} {seconds * 1e3:12.3f} {rate / 1e9:6.1f} "
                   f"{100 * rate / bandwidth:4.0f}% {ms('torch', 9)} {ms('onnxruntime', 10)} "
                   f"{ratio('torch', 9)} {ratio('onnxruntime', 10)}", flush=True)
-    if len(dtypes) > 1:
+    narrow = [np.dtype(d) for d in dtypes if np.dtype(d).itemsize == 2]
+    if "float32" in map(str, dtypes) and narrow:
         longest = max(rows, key=lambda row: (row[4], row[1]))
-        half_speedup = half_cache_speedup(threads, repeats, longest)
+        speedups = half_cache_speedup(threads, repeats, longest, narrow)
         batch, q_heads, kv_heads, head_dim, n_keys = longest
-        print(f"float16 cache against float32, B{batch} {q_heads}/{kv_heads} D{head_dim} "
-              f"S = {n_keys}, timed in the same rounds: {half_speedup:.2f}x faster", flush=True)
+        print(f"16-bit caches against float32, B{batch} {q_heads}/{kv_heads} D{head_dim} "
+              f"S = {n_keys}, timed in the same rounds: " +
+              ", ".join(f"{name} {speedup:.2f}x faster" for name, speedup in speedups.items()),
+              flush=True)
     return bandwidth, results
 
 
-def half_cache_speedup(threads, repeats, row):
-    """float32-cache time / float16-cache time of one decode row, the two timed
-    round-robin in the same rounds: rows of the table are timed minutes apart, and
-    on a shared machine the memory's rate drifts more than that ratio's distance
-    from its target."""
+def half_cache_speedup(threads, repeats, row, narrow=("float16",)):
+    """{dtype name: float32-cache time / that cache's time} for one decode row and
+    each 16-bit dtype in ``narrow``, all timed round-robin in the same rounds: rows
+    of the table are timed minutes apart, and on a shared machine the memory's rate
+    drifts more than that ratio's distance from its target."""
     batch, q_heads, kv_heads, head_dim, n_keys = row
     rng = np.random.default_rng(1)
     q = rng.standard_normal((batch, q_heads, 1, head_dim), dtype=np.float32)
     contenders = {}
-    for dtype in ("float32", "float16"):
+    for dtype in [np.dtype(np.float32)] + [np.dtype(d) for d in narrow]:
         k_cache, v_cache = (rng.standard_normal((batch, kv_heads, n_keys, head_dim),
                                                 dtype=np.float32).astype(dtype)
                             for _ in range(2))
-        contenders[dtype] = functools.partial(attention_with_kvcache, q, k_cache, v_cache, n_keys,
-                                              num_threads=threads)
-    return _interleaved_medians(contenders, max(repeats, 9)).ratio("float32", "float16")
+        contenders[dtype.name] = functools.partial(attention_with_kvcache, q, k_cache, v_cache,
+                                                   n_keys, num_threads=threads)
+    medians = _interleaved_medians(contenders, max(repeats, 9))
+    return {name: medians.ratio("float32", name) for name in contenders if name != "float32"}
 
 
 _TRAIN_MEMORY_PROBE = """

@@ -5,8 +5,9 @@ and values, every step. It is memory-bound, so the problem is laid out for the
 memory: all query heads that share a key/value head (GQA/MQA) and all query rows
 are one job, so each cached key and value is read once per step for the whole
 group; when those jobs are fewer than the threads, the cached keys are split into
-chunks run in parallel and merged by log-sum-exp (split-KV). A float16 cache is
-read as float16 and converted tile by tile in the kernel: no float32 copy of it.
+chunks run in parallel and merged by log-sum-exp (split-KV). A float16 or bfloat16
+cache is read as such and converted vector by vector in the kernel: no float32 copy
+of it.
 """
 import math
 import numbers
@@ -15,11 +16,16 @@ import numpy as np
 
 from fastattn import _sdpa, _simd
 from fastattn.attention import (_check_softcap, _check_window, _query_tile, _thread_count,
-                                _tiles)
+                                _tiles, is_16bit_storage)
 
 __all__ = ["attention_with_kvcache"]
 
 _CACHE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _cache_dtype(dtype):
+    """float16, bfloat16 (ml_dtypes), float32 or float64."""
+    return dtype in _CACHE_DTYPES or is_16bit_storage(dtype)
 # split-KV chunks are at least this many keys: shorter ones cost more to merge
 # than they gain in parallelism
 _MIN_SPLIT_KEYS = 512
@@ -29,8 +35,8 @@ def _cache_array(array, name):
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array (the cache is updated in place), got "
                         f"{type(array).__name__}")
-    if array.dtype not in _CACHE_DTYPES:
-        raise TypeError(f"{name} must be a float16, float32 or float64 array, got dtype "
+    if not _cache_dtype(array.dtype):
+        raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 array, got dtype "
                         f"{array.dtype}")
     if array.ndim != 4:
         raise ValueError(f"{name} must have shape (B, H_kv, S_max, D), got shape {array.shape}")
@@ -72,10 +78,12 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     Parameters
     ----------
     query : array (B, Hq, Lq, D)
-        float32 (or float16: output float16; float64 with a float64 cache).
+        float32 (or float16 / bfloat16: output in that dtype; float64 with a float64
+        cache).
     key_cache : array (B, Hkv, S_max, D)
     value_cache : array (B, Hkv, S_max, Dv)
-        float32 or float16 (read as float16, computed in float32), or float64;
+        float32, float16 or bfloat16 (``ml_dtypes.bfloat16``; 16-bit caches are read
+        as such and computed in float32), or float64;
         both the same dtype, writable when ``key``/``value`` are given, last
         dimension contiguous. ``Hq`` must be a multiple of ``Hkv`` (GQA/MQA).
     cache_seqlens : int or array (B,) of int
@@ -102,8 +110,9 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     without.
     """
     q = np.asarray(query)
-    if q.dtype not in _CACHE_DTYPES:
-        raise TypeError(f"query must be a float16, float32 or float64 array, got dtype {q.dtype}")
+    if not _cache_dtype(q.dtype):
+        raise TypeError(f"query must be a float16, bfloat16, float32 or float64 array, got "
+                        f"dtype {q.dtype}")
     if q.ndim != 4:
         raise ValueError(f"query must have shape (B, Hq, Lq, D), got shape {q.shape}")
     k_cache = _cache_array(key_cache, "key_cache")
@@ -136,7 +145,7 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
             raise ValueError("key and value must be given together (or neither)")
         new_k, new_v = np.asarray(key), np.asarray(value)
         for name, array, dim in (("key", new_k, head_dim), ("value", new_v, value_dim)):
-            if array.dtype.kind != "f":
+            if array.dtype.kind != "f" and not is_16bit_storage(array.dtype):
                 raise TypeError(f"{name} must be a float array, got dtype {array.dtype}")
             expected = (n_batch, n_kv_heads, n_new, dim)
             if array.shape != expected:

@@ -1,5 +1,17 @@
 """Attention problems shared by the tests against the reference and against torch."""
 import numpy as np
+import pytest
+
+try:
+    import ml_dtypes
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:             # the test extra installs it; without it, float16 only
+    BFLOAT16 = None
+
+# a parameter for the 16-bit storage dtypes: float16, and bfloat16 where ml_dtypes is
+STORAGE_16 = [pytest.param(np.dtype(np.float16), id="float16"),
+              pytest.param(BFLOAT16, id="bfloat16",
+                           marks=pytest.mark.skipif(BFLOAT16 is None, reason="needs ml_dtypes"))]
 
 # (name, batch shape, L, S, E, Ev): edge sizes and tile remainders
 SHAPES = [

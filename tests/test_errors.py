@@ -11,16 +11,16 @@ V = np.zeros((2, 7, 3), dtype=np.float32)
 
 
 @pytest.mark.parametrize("q,k,v,error,match", [
-    (Q.astype(np.int32), K, V, TypeError, r"query must be a float16, float32 or float64 array, got dtype int32"),
-    (Q, K.astype(np.float16), V, TypeError, r"same dtype \(or float16 key and value with a float16/float32 query\), got float32, float16 and float32"),
-    (Q, K, V.astype(np.complex64), TypeError, r"value must be a float16, float32 or float64"),
+    (Q.astype(np.int32), K, V, TypeError, r"query must be a float16, bfloat16, float32 or float64 array, got dtype int32"),
+    (Q, K.astype(np.float16), V, TypeError, r"same dtype \(or float16/bfloat16 key and value with a 16-bit or float32 query\), got float32, float16 and float32"),
+    (Q, K, V.astype(np.complex64), TypeError, r"value must be a float16, bfloat16, float32 or float64"),
     (Q, K, V.astype(np.float64), TypeError, r"same dtype .*got float32, float32 and float64"),
     (Q.astype(np.float64), K.astype(np.float16), V.astype(np.float16), TypeError, r"same dtype .*got float64, float16 and float16"),
     (Q[0, 0], K, V, ValueError, r"query must have shape \(\.\.\., L, E\), got shape \(8,\)"),
     (Q, K[..., :4], V, ValueError, r"same last dimension E, got query shape \(2, 5, 8\) and key shape \(2, 7, 4\)"),
     (Q, K, V[:, :6], ValueError, r"number of keys S .* key shape \(2, 7, 8\) and value shape \(2, 6, 3\)"),
     (Q, K[:1].repeat(3, 0), V[:1].repeat(3, 0), ValueError, r"do not broadcast together"),
-    ("text", K, V, TypeError, r"query must be a float16, float32 or float64 array"),
+    ("text", K, V, TypeError, r"query must be a float16, bfloat16, float32 or float64 array"),
 ])
 def test_bad_arrays(q, k, v, error, match):
     with pytest.raises(error, match=match):

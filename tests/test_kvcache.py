@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastattn import attention_with_kvcache, kvcache
+from tests.cases import BFLOAT16, STORAGE_16
 from tests.reference import reference_attention_full
 
 # (Hq, Hkv): grouped-query, multi-query, multi-head
@@ -49,12 +50,15 @@ def check(q, key_cache, value_cache, lengths, new_k=None, new_v=None, num_thread
                                       return_lse=True, num_threads=num_threads, **variants)
     assert out.dtype == lse.dtype == q.dtype
     assert out.shape == q.shape[:3] + (value_cache.shape[3],)
-    if key_cache.dtype == np.float16 or q.dtype == np.float16:
-        # float16 storage, float32 accumulation: relative to the largest |v|
-        atol = 1e-3 * np.abs(value_cache).max()
-        np.testing.assert_allclose(out, exp_out, rtol=0, atol=atol)
+    if key_cache.dtype.itemsize == 2 or q.dtype.itemsize == 2:
+        # 16-bit storage, float32 accumulation: relative to the largest |v|, plus the
+        # output's rounding to a bfloat16 query's dtype (8 bits)
+        rounding = 2.0 ** -9 if q.dtype == BFLOAT16 else 0
+        atol = (1e-3 + rounding) * np.abs(value_cache.astype(np.float32)).max()
+        np.testing.assert_allclose(out.astype(np.float64), exp_out, rtol=0, atol=atol)
         finite = np.isfinite(exp_lse)
-        np.testing.assert_allclose(lse[finite], exp_lse[finite], rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(lse[finite].astype(np.float64), exp_lse[finite],
+                                   rtol=max(2e-3, 2 * rounding), atol=2e-3)
     else:
         tol = 1e-5 if q.dtype == np.float32 else 1e-12
         np.testing.assert_allclose(out, exp_out, rtol=tol, atol=tol)
@@ -77,7 +81,7 @@ def check(q, key_cache, value_cache, lengths, new_k=None, new_v=None, num_thread
     return out
 
 
-@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("cache_dtype", [np.float32] + STORAGE_16)
 @pytest.mark.parametrize("with_new", [False, True])
 @pytest.mark.parametrize("n_new", [1, 3, 16, 100])
 @pytest.mark.parametrize("heads", HEADS, ids=str)
@@ -106,7 +110,7 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variants(rng, variant, cache_dtype):
     query_dtype = np.float64 if cache_dtype == np.float64 else np.float32
@@ -119,7 +123,7 @@ def test_variants(rng, variant, cache_dtype):
 
 
 @pytest.mark.parametrize("head_dim", [64, 70])
-@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
 @pytest.mark.parametrize("rows", range(1, 9))
 def test_every_row_count_of_the_decoding_path(simd, rng, rows, cache_dtype, head_dim):
     """1 to 8 query rows per (batch, kv head) job: rows of S 1, 2, 4 or 8 wide (several
@@ -137,7 +141,7 @@ def test_every_row_count_of_the_decoding_path(simd, rng, rows, cache_dtype, head
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("cache_dtype", [np.float32] + STORAGE_16)
 def test_split_kv_gives_the_same_result(rng, monkeypatch, cache_dtype, threads):
     """One (batch, kv head) job and long keys: split into chunks and merged."""
     key_cache, value_cache = make_cache(rng, 1, 1, 3000, 32, 32, cache_dtype)
@@ -153,11 +157,13 @@ def test_split_kv_gives_the_same_result(rng, monkeypatch, cache_dtype, threads):
     check(q, key_cache, value_cache, [0], num_threads=threads)
 
 
-def test_float16_query_gives_float16_output(rng):
-    key_cache, value_cache = make_cache(rng, 2, 2, 64, 8, 8, np.float16)
-    q = rng.standard_normal((2, 4, 2, 8)).astype(np.float16)
-    out = check(q, key_cache, value_cache, np.array([10, 30]))
-    assert out.dtype == np.float16
+@pytest.mark.parametrize("storage", STORAGE_16)
+def test_16bit_query_gives_16bit_output(rng, storage):
+    key_cache, value_cache = make_cache(rng, 2, 2, 64, 16, 16, storage)
+    q = rng.standard_normal((2, 4, 2, 16)).astype(storage)
+    new = rng.standard_normal((2, 2, 2, 16)).astype(storage)
+    out = check(q, key_cache, value_cache, np.array([10, 30]), new, new)
+    assert out.dtype == storage
 
 
 def test_cache_seqlens_as_int_and_never_updated(rng):
@@ -217,7 +223,7 @@ KC = np.zeros((2, 2, 16, 8), dtype=np.float32)
 
 
 @pytest.mark.parametrize("args,kwargs,error,match", [
-    ((Q.astype(np.int32), KC, KC, 3), {}, TypeError, r"query must be a float16, float32 or float64"),
+    ((Q.astype(np.int32), KC, KC, 3), {}, TypeError, r"query must be a float16, bfloat16, float32 or float64"),
     ((Q[0], KC, KC, 3), {}, ValueError, r"query must have shape \(B, Hq, Lq, D\), got shape \(4, 1, 8\)"),
     ((Q, KC.tolist(), KC, 3), {}, TypeError, r"key_cache must be a NumPy array"),
     ((Q, KC, KC.astype(np.float16), 3), {}, TypeError, r"same dtype, got float32 and float16"),

@@ -31,7 +31,7 @@ ls -l "$wheel"
 echo "== install it where there is no Cython and no compiler"
 python3 -m venv "$work/test-env"
 # matplotlib: the demo --plot and bench --plot tests run instead of being skipped
-"$work/test-env/bin/pip" install -q "$wheel" pytest hypothesis torch==2.13.0 "matplotlib>=3.7" dask distributed
+"$work/test-env/bin/pip" install -q "$wheel" pytest hypothesis ml_dtypes torch==2.13.0 "matplotlib>=3.7" dask distributed
 cp -r "$root/tests" "$work/run/tests"      # outside the source tree: no uncompiled fastattn/
 cd "$work/run"
 clean_env=(env -i HOME="$work/home" PATH="$work/test-env/bin" LANG=C.UTF-8)

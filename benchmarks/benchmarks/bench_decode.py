@@ -14,12 +14,25 @@ from .common import Benchmark
 BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, CACHE = 1, 32, 8, 128, 8192
 
 
+def _dtype(name):
+    """np.dtype(name); bfloat16 from ml_dtypes (NotImplementedError, which asv reports
+    as skipped, without it)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise NotImplementedError("bfloat16 needs ml_dtypes") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 class DecodeBandwidth(Benchmark):
-    """attention_with_kvcache, Lq = 1, S = 8192, float32 and float16 caches."""
-    params = [["float32", "float16"]]
+    """attention_with_kvcache, Lq = 1, S = 8192, float32, float16 and bfloat16 caches."""
+    params = [["float32", "float16", "bfloat16"]]
     param_names = ["cache_dtype"]
 
     def setup(self, cache_dtype):
+        cache_dtype = _dtype(cache_dtype)
         rng = np.random.default_rng(0)
         shape = (BATCH, KV_HEADS, CACHE, HEAD_DIM)
         self.query = rng.standard_normal((BATCH, Q_HEADS, 1, HEAD_DIM), dtype=np.float32)
@@ -49,11 +62,14 @@ class DecodeBandwidth(Benchmark):
 
 
 class HalfCacheSpeedup(Benchmark):
-    """How much faster a float16 cache decodes than a float32 one at S = 32768 (B1,
+    """How much faster a 16-bit cache decodes than a float32 one at S = 32768 (B1,
     32/8 heads, D128; the two timed in the same rounds, as the bench's decode line):
     half the bytes, so 2x at the memory's rate."""
+    params = [["float16", "bfloat16"]]
+    param_names = ["cache_dtype"]
 
-    def track_float16_speedup(self):
+    def track_speedup(self, cache_dtype):
+        dtype = _dtype(cache_dtype)
         return half_cache_speedup(fastattn._sdpa.max_threads(), 9,
-                                  (BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, 32768))
-    track_float16_speedup.unit = "x (float32 time / float16 time)"
+                                  (BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, 32768), [dtype])[dtype.name]
+    track_speedup.unit = "x (float32 time / 16-bit time)"

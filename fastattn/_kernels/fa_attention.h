@@ -11,8 +11,9 @@
 #include <stdint.h>
 
 enum { FA_MASK_NONE = 0, FA_MASK_BOOL = 1, FA_MASK_ADDITIVE = 2 };
-/* how keys and values are stored: in the compute type, or as float16 (float kernels only) */
-enum { FA_STORAGE_NATIVE = 0, FA_STORAGE_F16 = 1 };
+/* how keys and values are stored: in the compute type, or as float16 or bfloat16
+ * (float kernels only) */
+enum { FA_STORAGE_NATIVE = 0, FA_STORAGE_F16 = 1, FA_STORAGE_BF16 = 2 };
 enum { FA_ISA_BASELINE = 0, FA_ISA_AVX2 = 1, FA_ISA_AVX512 = 2, FA_N_ISAS = 3 };
 
 /* A side of the band of keys a query may see that has no bound (window side
@@ -43,7 +44,8 @@ typedef struct {
     double softcap;      /* > 0: scaled scores become softcap * tanh(score / softcap) */
     const double *alibi_slopes;   /* NULL, or adds -slope * |p - j| to the score of key j,
                                      row r's slope alibi_slopes[r % rows_per_position] */
-    int kv_storage;      /* FA_STORAGE_*: key and value elements as REAL or float16 */
+    int kv_storage;      /* FA_STORAGE_*: key and value elements as REAL, float16 or
+                            bfloat16 */
     /* split-KV: this job takes chunk split_index of n_splits of its keys (and must
      * write lse for the merge); 0 of 1 otherwise */
     ptrdiff_t split_index, n_splits;

@@ -30,13 +30,15 @@
 #define FN(name) FA_ISA_NAME(FA_CONCAT(name, SFX))
 
 #define FA_ROUND_UP(n, m) ((((n) + (m) - 1) / (m)) * (m))
-/* A vector of keys or values at element `at` of `base`, stored as REAL or, with
- * `half` (a constant at every call: float kernels only), as float16. */
+/* A vector of keys or values at element `at` of `base`, stored as `storage` says
+ * (FA_STORAGE_*, a constant at every call; 16-bit storage for float kernels only). */
 #if REAL_IS_FLOAT
-#  define FA_LOAD_KV(half, base, at) \
-    ((half) ? load_half_f32((const uint16_t *)(base) + (at)) : VLOAD((const REAL *)(base) + (at)))
+#  define FA_LOAD_KV(storage, base, at)                                                   \
+    ((storage) == FA_STORAGE_F16    ? load_half_f32((const uint16_t *)(base) + (at))     \
+     : (storage) == FA_STORAGE_BF16 ? load_bfloat_f32((const uint16_t *)(base) + (at))   \
+                                    : VLOAD((const REAL *)(base) + (at)))
 #else
-#  define FA_LOAD_KV(half, base, at) VLOAD((const REAL *)(base) + (at))
+#  define FA_LOAD_KV(storage, base, at) VLOAD((const REAL *)(base) + (at))
 #endif
 #define FA_SCRATCH_ALIGN 64
 /* The distance between rows of n elements in a scratch matrix: n, or a vector more
@@ -159,13 +161,13 @@ FA_INLINE void FN(gemm_block)(const int vecs, const int rows,
 /* acc[r] = acc[r] * rescale[r] + sum_j probs[j][r] * value[j] for a rows x
  * (vecs * LANES) block of the accumulator; probs is the transposed P; a NULL
  * rescale leaves the accumulator as it is. */
-FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
+FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage,
                                const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
                                const void *value, ptrdiff_t value_row,
                                const REAL *rescale, REAL *acc, ptrdiff_t acc_row,
                                ptrdiff_t prefetch_bytes)
 {
-    const ptrdiff_t row_bytes = value_row * (half ? 2 : (ptrdiff_t)sizeof(REAL));
+    const ptrdiff_t row_bytes = value_row * (storage ? 2 : (ptrdiff_t)sizeof(REAL));
     const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
     VREAL a[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
@@ -179,7 +181,8 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int half,
     do {                                                                                   \
         VREAL v[FA_MAX_BLOCK_VECS];                                                        \
         FA_UNROLL_8                                                                        \
-        for (int c = 0; c < vecs; ++c) v[c] = FA_LOAD_KV(half, value, (j) * value_row + c * LANES); \
+        for (int c = 0; c < vecs; ++c)                                                    \
+            v[c] = FA_LOAD_KV(storage, value, (j) * value_row + c * LANES);                \
         FA_UNROLL_8                                                                        \
         for (int r = 0; r < rows; ++r) {                                                   \
             const REAL p = probs[(j) * width + r];                                         \
@@ -277,11 +280,11 @@ static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptr
  * time for independent chains; a one-vector outer-product tile would instead spend
  * a broadcast and an FMA per key element on mostly padding. Rows of `key` and
  * `query` are padded with zeros to head_dim_pad. */
-FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
+FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *query,
                               ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
                               ptrdiff_t n_keys, REAL *scores, ptrdiff_t width)
 {
-    const ptrdiff_t element_bytes = half ? 2 : (ptrdiff_t)sizeof(REAL);
+    const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     const ptrdiff_t row_bytes = key_row * element_bytes;
     const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
     const ptrdiff_t prefetch_bytes = FA_PREFETCH_DISTANCE ? head_dim_pad * element_bytes : 0;
@@ -299,7 +302,8 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
                             prefetch_bytes);
         }
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
-            const VREAL x0 = FA_LOAD_KV(half, key, k0 + c), x1 = FA_LOAD_KV(half, key, k1 + c);
+            const VREAL x0 = FA_LOAD_KV(storage, key, k0 + c);
+            const VREAL x1 = FA_LOAD_KV(storage, key, k1 + c);
 #pragma GCC unroll 8
             for (int r = 0; r < rows; ++r) {
                 const VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
@@ -316,7 +320,7 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
 #pragma GCC unroll 8
         for (int r = 0; r < rows; ++r) a0[r] = VSPLAT(0);
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
-            const VREAL x0 = FA_LOAD_KV(half, key, j * key_row + c);
+            const VREAL x0 = FA_LOAD_KV(storage, key, j * key_row + c);
 #pragma GCC unroll 8
             for (int r = 0; r < rows; ++r) a0[r] += x0 * VLOAD(query + FA_DECODE_QUERY_AT(r, c));
         }
@@ -330,13 +334,13 @@ FA_INLINE void FN(dot_scores)(const int rows, const int half, const REAL *query,
  * a vector's keys and rows are reduced together (transpose_sums) and stored as that
  * vector, instead of one reduction per key and row. The slots of padding rows stay
  * zero; keys short of a whole vector go row by row (dot_scores). */
-FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int half,
+FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int storage,
                                      const REAL *query, ptrdiff_t head_dim_pad, const void *key,
                                      ptrdiff_t key_row, ptrdiff_t n_keys, REAL *scores)
 {
     if (width > LANES) return;   /* never called so: no instance for it */
     const int keys_per_vector = LANES / width;
-    const ptrdiff_t element_bytes = half ? 2 : (ptrdiff_t)sizeof(REAL);
+    const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     const ptrdiff_t row_bytes = key_row * element_bytes;
     const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
     const ptrdiff_t prefetch_bytes = FA_PREFETCH_DISTANCE ? head_dim_pad * element_bytes : 0;
@@ -360,7 +364,8 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
             for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
                 VREAL x[FA_DECODE_KEY_BLOCK];
 #pragma GCC unroll 4
-                for (int k = 0; k < n_block; ++k) x[k] = FA_LOAD_KV(half, block, k * key_row + c);
+                for (int k = 0; k < n_block; ++k)
+                    x[k] = FA_LOAD_KV(storage, block, k * key_row + c);
 #pragma GCC unroll 8
                 for (int r = 0; r < rows; ++r) {
                     const VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
@@ -372,40 +377,45 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
         VSTORE(scores + j * width, VTSUMS(acc));
     }
     if (j < n_keys)
-        FN(dot_scores)(rows, half, query, head_dim_pad, (const char *)key + j * row_bytes,
+        FN(dot_scores)(rows, storage, query, head_dim_pad, (const char *)key + j * row_bytes,
                        key_row, n_keys - j, scores + j * width, width);
 }
 
-static void FN(dot_scores_rows)(ptrdiff_t rows, int half, const REAL *query,
+static void FN(dot_scores_rows)(ptrdiff_t rows, int storage, const REAL *query,
                                 ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
                                 ptrdiff_t n_keys, REAL *scores, ptrdiff_t width)
 {
     if (width <= LANES) {
-        switch (rows + (half ? 100 : 0)) {
-#define FA_DOT_NARROW(n, w) \
-        case n: FN(dot_scores_narrow)(n, w, 0, query, head_dim_pad, key, key_row, n_keys, \
-                                      scores); return;                                    \
-        case n + 100: FN(dot_scores_narrow)(n, w, REAL_IS_FLOAT, query, head_dim_pad, key, \
-                                            key_row, n_keys, scores); return;
+        switch (rows + 100 * storage) {
+#define FA_DOT_NARROW_AS(n, w, s) \
+        case n + 100 * s: FN(dot_scores_narrow)(n, w, REAL_IS_FLOAT ? s : 0, query,          \
+                                                head_dim_pad, key, key_row, n_keys, scores); \
+                          return;
+#define FA_DOT_NARROW(n, w) FA_DOT_NARROW_AS(n, w, FA_STORAGE_NATIVE)      \
+                            FA_DOT_NARROW_AS(n, w, FA_STORAGE_F16)         \
+                            FA_DOT_NARROW_AS(n, w, FA_STORAGE_BF16)
         FA_DOT_NARROW(1, 1) FA_DOT_NARROW(2, 2) FA_DOT_NARROW(3, 4) FA_DOT_NARROW(4, 4)
         FA_DOT_NARROW(5, 8) FA_DOT_NARROW(6, 8) FA_DOT_NARROW(7, 8) FA_DOT_NARROW(8, 8)
 #undef FA_DOT_NARROW
+#undef FA_DOT_NARROW_AS
         default: break;
         }
     }
-    switch (rows + (half ? 100 : 0)) {
-#define FA_DOT_ROWS(n) case n: FN(dot_scores)(n, 0, query, head_dim_pad, key, key_row, n_keys, \
-                                               scores, width); break;                        \
-                       case n + 100: FN(dot_scores)(n, REAL_IS_FLOAT, query, head_dim_pad,   \
-                                                    key, key_row, n_keys, scores, width); break;
+    switch (rows + 100 * storage) {
+#define FA_DOT_ROWS_AS(n, s) case n + 100 * s:                                            \
+        FN(dot_scores)(n, REAL_IS_FLOAT ? s : 0, query, head_dim_pad, key, key_row, n_keys, \
+                       scores, width); break;
+#define FA_DOT_ROWS(n) FA_DOT_ROWS_AS(n, FA_STORAGE_NATIVE) FA_DOT_ROWS_AS(n, FA_STORAGE_F16) \
+                       FA_DOT_ROWS_AS(n, FA_STORAGE_BF16)
     FA_DOT_ROWS(1) FA_DOT_ROWS(2) FA_DOT_ROWS(3) FA_DOT_ROWS(4)
     FA_DOT_ROWS(5) FA_DOT_ROWS(6) FA_DOT_ROWS(7) FA_DOT_ROWS(8)
 #undef FA_DOT_ROWS
+#undef FA_DOT_ROWS_AS
     default: break;
     }
 }
 
-/* value_block for each (vecs, rows, half) as a function of its own: all of them
+/* value_block for each (vecs, rows, storage) as a function of its own: all of them
  * inlined into one dispatching function, their loops lost registers to each other
  * (the key counter lived on the stack: a store-to-load chain per key). */
 #define FA_VALUE_ARGS const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys, const void *value, \
@@ -414,7 +424,7 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int half, const REAL *query,
 #define FA_VALUE_FN(v, r, h)                                                                  \
     FA_NOINLINE void FN(value_block_##v##_##r##_##h)(FA_VALUE_ARGS)                           \
     {                                                                                         \
-        FN(value_block)(v, r, h && REAL_IS_FLOAT, probs, width, n_keys, value, value_row,     \
+        FN(value_block)(v, r, REAL_IS_FLOAT ? h : 0, probs, width, n_keys, value, value_row, \
                         rescale, acc, acc_row, prefetch_bytes);                               \
     }
 #define FA_VALUE_FNS(r, h) FA_VALUE_FN(1, r, h) FA_VALUE_FN(2, r, h) FA_VALUE_FN(3, r, h) \
@@ -422,8 +432,9 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int half, const REAL *query,
 #define FA_VALUE_ROW_FNS(h) FA_VALUE_FNS(1, h) FA_VALUE_FNS(2, h) FA_VALUE_FNS(3, h) \
                             FA_VALUE_FNS(4, h) FA_VALUE_FNS(5, h) FA_VALUE_FNS(6, h) \
                             FA_VALUE_FNS(7, h) FA_VALUE_FNS(8, h)
-FA_VALUE_ROW_FNS(0)
+FA_VALUE_ROW_FNS(0)    /* FA_STORAGE_NATIVE, _F16, _BF16 */
 FA_VALUE_ROW_FNS(1)
+FA_VALUE_ROW_FNS(2)
 typedef void (*FN(value_fn))(FA_VALUE_ARGS);
 #define FA_VALUE_TABLE_VECS(r, h) { FN(value_block_1_##r##_##h), FN(value_block_2_##r##_##h), \
                                     FN(value_block_3_##r##_##h), FN(value_block_4_##r##_##h) }
@@ -431,12 +442,13 @@ typedef void (*FN(value_fn))(FA_VALUE_ARGS);
                                  FA_VALUE_TABLE_VECS(3, h), FA_VALUE_TABLE_VECS(4, h),      \
                                  FA_VALUE_TABLE_VECS(5, h), FA_VALUE_TABLE_VECS(6, h),      \
                                  FA_VALUE_TABLE_VECS(7, h), FA_VALUE_TABLE_VECS(8, h) }
-/* [half][rows - 1][vecs - 1]: the prefill's blocks and the decoding path's rows */
+/* [storage][rows - 1][vecs - 1]: the prefill's blocks and the decoding path's rows */
 #if FA_VALUE_ROWS > 8 || FA_DECODE_MAX_ROWS > 8 || FA_VALUE_VECS > 4
 #  error "value_blocks has blocks of up to 8 rows and 4 vectors"
 #endif
-static const FN(value_fn) FN(value_blocks)[2][8][4] = { FA_VALUE_TABLE_ROWS(0),
-                                                         FA_VALUE_TABLE_ROWS(1) };
+static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
+                                                         FA_VALUE_TABLE_ROWS(1),
+                                                         FA_VALUE_TABLE_ROWS(2) };
 #undef FA_VALUE_ARGS
 #undef FA_VALUE_FN
 #undef FA_VALUE_FNS
@@ -448,13 +460,13 @@ static const FN(value_fn) FN(value_blocks)[2][8][4] = { FA_VALUE_TABLE_ROWS(0),
  * acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
  * The keys are walked in chunks of FA_VALUE_CHUNK so that the panel of V a
  * register block streams through (chunk x block width) stays in L1. */
-static void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_t width,
+static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_t width,
                                   ptrdiff_t n_keys, ptrdiff_t n_queries, const void *value,
                                   ptrdiff_t value_row, ptrdiff_t value_dim_pad,
                                   const REAL *rescale, REAL *acc, int prefetch)
 {
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
-    const ptrdiff_t element_bytes = half ? 2 : (ptrdiff_t)sizeof(REAL);
+    const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
         const ptrdiff_t nk = n_keys - j0 < FA_VALUE_CHUNK ? n_keys - j0 : FA_VALUE_CHUNK;
         const REAL *p = probs + j0 * width;
@@ -472,7 +484,7 @@ static void FN(accumulate_values)(const int half, const REAL *probs, ptrdiff_t w
             for (ptrdiff_t i = 0; i < n_queries; i += FA_VALUE_ROWS) {
                 const ptrdiff_t rows = n_queries - i < FA_VALUE_ROWS ? n_queries - i
                                                                      : FA_VALUE_ROWS;
-                FN(value_blocks)[half != 0][rows - 1][vecs - 1](
+                FN(value_blocks)[storage][rows - 1][vecs - 1](
                     p + i, width, nk, v, value_row, shrink ? shrink + i : NULL,
                     a + i * value_dim_pad, value_dim_pad, c0 == 0 ? row_prefetch : 0);
             }
@@ -748,7 +760,7 @@ static void FN(normalize_weights)(const fa_job *job, ptrdiff_t key_begin, ptrdif
 /* Copy a tile of V into aligned, zero-padded rows of whole vectors: NumPy's
  * buffers are only 16-byte aligned, and a vector load that splits a cache line
  * costs the value product about 5-10%; the copy costs ~1/(2 tile_queries) of it.
- * A float16 tile is converted on the way. */
+ * A float16 or bfloat16 tile is converted on the way. */
 static void FN(pack_values)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                             ptrdiff_t value_dim_pad, REAL *packed)
 {
@@ -758,12 +770,14 @@ static void FN(pack_values)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_
         REAL *dst = packed + j * value_dim_pad;
         const ptrdiff_t at = (key_start + j) * row_stride;
 #if REAL_IS_FLOAT
-        if (job->kv_storage == FA_STORAGE_F16) {
+        if (job->kv_storage != FA_STORAGE_NATIVE) {
             const uint16_t *src = (const uint16_t *)job->value + at;
+            const int bfloat = job->kv_storage == FA_STORAGE_BF16;
             if (col_stride == 1) {
-                half_to_float_row(src, dst, value_dim);
+                narrow_to_float_row(bfloat, src, dst, value_dim);
             } else {
-                for (ptrdiff_t c = 0; c < value_dim; ++c) dst[c] = half_to_float(src[c * col_stride]);
+                for (ptrdiff_t c = 0; c < value_dim; ++c)
+                    dst[c] = narrow_to_float(bfloat, src[c * col_stride]);
             }
         } else
 #endif
@@ -790,12 +804,14 @@ static void FN(pack_keys)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_ke
         REAL *dst = packed + j * head_dim_pad;
         const ptrdiff_t at = (key_start + j) * row_stride;
 #if REAL_IS_FLOAT
-        if (job->kv_storage == FA_STORAGE_F16) {
+        if (job->kv_storage != FA_STORAGE_NATIVE) {
             const uint16_t *src = (const uint16_t *)job->key + at;
+            const int bfloat = job->kv_storage == FA_STORAGE_BF16;
             if (col_stride == 1) {
-                half_to_float_row(src, dst, head_dim);
+                narrow_to_float_row(bfloat, src, dst, head_dim);
             } else {
-                for (ptrdiff_t e = 0; e < head_dim; ++e) dst[e] = half_to_float(src[e * col_stride]);
+                for (ptrdiff_t e = 0; e < head_dim; ++e)
+                    dst[e] = narrow_to_float(bfloat, src[e * col_stride]);
             }
         } else
 #endif
@@ -878,7 +894,7 @@ static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrd
 {
     const REAL *value = (const REAL *)job->value + key_start * job->value_row_stride;
     ptrdiff_t element_stride = job->value_col_stride, key_stride = job->value_row_stride;
-    if (job->kv_storage == FA_STORAGE_F16) {
+    if (job->kv_storage != FA_STORAGE_NATIVE) {
         const ptrdiff_t value_dim_pad = FA_ROUND_UP(job->value_dim, LANES);
         FN(pack_values)(job, key_start, n_keys, value_dim_pad, packed);
         value = packed;
@@ -948,16 +964,16 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         w.column_slope[l] = w.column_slope[l % width];
     }
 
-    /* The decoding path reads keys and values where they are, float16 included
-     * (converted as vectors are loaded), when rows are whole vectors; otherwise
-     * tiles are packed into scratch first (converted, padded, aligned): the
-     * prefill path reuses each value row for many queries. */
-    const int half = job->kv_storage == FA_STORAGE_F16;
-    const ptrdiff_t kv_bytes = half ? 2 : (ptrdiff_t)sizeof(REAL);
-    const int keys_in_place = half ? decoding && head_dim == head_dim_pad &&
-                                         job->key_col_stride == 1
-                                   : !decoding || (head_dim == head_dim_pad &&
-                                                   job->key_col_stride == 1);
+    /* The decoding path reads keys and values where they are, float16 and bfloat16
+     * included (converted as vectors are loaded), when rows are whole vectors;
+     * otherwise tiles are packed into scratch first (converted, padded, aligned):
+     * the prefill path reuses each value row for many queries. */
+    const int storage = REAL_IS_FLOAT ? job->kv_storage : FA_STORAGE_NATIVE;
+    const ptrdiff_t kv_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
+    const int keys_in_place = storage ? decoding && head_dim == head_dim_pad &&
+                                            job->key_col_stride == 1
+                                      : !decoding || (head_dim == head_dim_pad &&
+                                                      job->key_col_stride == 1);
     const int values_in_place = decoding && job->value_col_stride == 1 &&
                                 value_dim == value_dim_pad;
 
@@ -965,17 +981,17 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
         const void *key_tile = (const char *)job->key + k0 * job->key_row_stride * kv_bytes;
         ptrdiff_t key_row_stride = job->key_row_stride, key_col_stride = job->key_col_stride;
-        int key_half = half;
+        int key_storage = storage;
         if (!keys_in_place) {
             FN(pack_keys)(job, k0, nk, head_dim_pad, w.packed_key);
             key_tile = w.packed_key;
             key_row_stride = head_dim_pad;
             key_col_stride = 1;
-            key_half = 0;
+            key_storage = FA_STORAGE_NATIVE;
         }
         /* S (nk x width) = K_j . Qt */
         if (decoding)
-            FN(dot_scores_rows)(nq, key_half, w.query_rows, head_dim_pad, key_tile,
+            FN(dot_scores_rows)(nq, key_storage, w.query_rows, head_dim_pad, key_tile,
                                 key_row_stride, nk, w.scores, width);
         else
             FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
@@ -989,11 +1005,8 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         if (!decoding) {
             FN(accumulate_values_t)(job, k0, nk, width, w.scores, w.rescale, w.packed_value,
                                     w.acc, pitch);
-        } else if (values_in_place && half) {
-            FN(accumulate_values)(REAL_IS_FLOAT, w.scores, width, nk, nq, value_tile,
-                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc, 1);
         } else if (values_in_place) {
-            FN(accumulate_values)(0, w.scores, width, nk, nq, value_tile,
+            FN(accumulate_values)(storage, w.scores, width, nk, nq, value_tile,
                                   job->value_row_stride, value_dim_pad, w.rescale, w.acc, 1);
         } else {
             FN(pack_values)(job, k0, nk, value_dim_pad, w.packed_value);

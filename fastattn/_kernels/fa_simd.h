@@ -422,6 +422,39 @@ FA_INLINE void half_to_float_row(const uint16_t *src, float *dst, ptrdiff_t n) {
     for (; i < n; ++i) dst[i] = half_to_float(src[i]);
 }
 
+/* bfloat16 storage (the top half of a float's bits, as ml_dtypes' bfloat16) -> float:
+ * exact, a shift. */
+FA_INLINE float bfloat_to_float(uint16_t b) {
+    const uint32_t bits = (uint32_t)b << 16;
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+FA_INLINE void bfloat_to_float_row(const uint16_t *src, float *dst, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX512)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_si512(dst + i, _mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                                         _mm256_loadu_si256((const __m256i *)(src + i))), 16));
+#elif !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                                _mm_loadu_si128((const __m128i *)(src + i))), 16));
+#endif
+    for (; i < n; ++i) dst[i] = bfloat_to_float(src[i]);
+}
+
+/* A row of 16-bit storage as floats, and one element: bfloat16 or float16. */
+FA_INLINE void narrow_to_float_row(int bfloat, const uint16_t *src, float *dst, ptrdiff_t n) {
+    if (bfloat) bfloat_to_float_row(src, dst, n);
+    else half_to_float_row(src, dst, n);
+}
+
+FA_INLINE float narrow_to_float(int bfloat, uint16_t x) {
+    return bfloat ? bfloat_to_float(x) : half_to_float(x);
+}
+
 /* The sum of a vector's lanes. */
 #if defined(FA_PORTABLE)
 FA_INLINE float hsum_f32(vf32 v) { return v; }
@@ -459,6 +492,21 @@ FA_INLINE double hsum_f64(vf64 v) {
     return s;
 }
 #endif
+
+/* One vector of float from bfloat16 storage. */
+FA_INLINE vf32 load_bfloat_f32(const uint16_t *p) {
+#if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX512)
+    return (vf32)_mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+#elif !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
+    return (vf32)_mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+#else
+    float t[FA_LANES_F32];
+    for (int i = 0; i < FA_LANES_F32; ++i) t[i] = bfloat_to_float(p[i]);
+    return load_f32(t);
+#endif
+}
 
 /* One vector of float from float16 storage. */
 FA_INLINE vf32 load_half_f32(const uint16_t *p) {
