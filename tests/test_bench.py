@@ -35,7 +35,15 @@ def test_bench_command_runs(tmp_path):
     assert "fastattn ms" in result.stdout and "peak memory beyond inputs" in result.stdout
     assert "sliding window" in result.stdout and "torch mask ms" in result.stdout
     assert "decode over a KV cache" in result.stdout and "% bw" in result.stdout
-    assert "float16 cache against float32" in result.stdout
+    speedups = [line for line in result.stdout.splitlines()
+                if line.startswith("16-bit caches against float32")]
+    assert len(speedups) == 1 and "float16 " in speedups[0] and "x faster" in speedups[0]
+    try:
+        import ml_dtypes  # noqa: F401
+        assert "bfloat16 " in speedups[0]
+        assert any(line.startswith("bfloat16 ") for line in result.stdout.splitlines())
+    except ImportError:
+        pass
     assert f"CPU: {cpu_model()}; SIMD path " in result.stdout
 
 
