@@ -493,14 +493,26 @@ FA_INLINE double hsum_f64(vf64 v) {
 }
 #endif
 
-/* One vector of float from bfloat16 storage. */
+/* One vector of float from bfloat16 storage: each element moved into the top half
+ * of a 32-bit lane, zeros below, by one shuffle on the shuffle port (a zero-extension
+ * and a shift would take an FMA port's slot too, and the decoding loops are bound on
+ * those). AVX-512: a word permute whose zeroing mask clears the low halves; AVX2: a
+ * byte shuffle of the 8 elements loaded into both 128-bit lanes (that broadcast is a
+ * plain load). */
 FA_INLINE vf32 load_bfloat_f32(const uint16_t *p) {
 #if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX512)
-    return (vf32)_mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+    const __m512i element_at_top = _mm512_setr_epi32(
+        0 << 16, 1 << 16, 2 << 16, 3 << 16, 4 << 16, 5 << 16, 6 << 16, 7 << 16,
+        8 << 16, 9 << 16, 10 << 16, 11 << 16, 12 << 16, 13 << 16, 14 << 16, 15 << 16);
+    return (vf32)_mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(
+        0xAAAAAAAAu, element_at_top,
+        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p))));
 #elif !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
-    return (vf32)_mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+    const __m256i element_at_top = _mm256_setr_epi8(
+        -128, -128, 0, 1, -128, -128, 2, 3, -128, -128, 4, 5, -128, -128, 6, 7,
+        -128, -128, 8, 9, -128, -128, 10, 11, -128, -128, 12, 13, -128, -128, 14, 15);
+    return (vf32)_mm256_castsi256_ps(_mm256_shuffle_epi8(
+        _mm256_castps_si256(_mm256_broadcast_ps((const __m128 *)p)), element_at_top));
 #else
     float t[FA_LANES_F32];
     for (int i = 0; i < FA_LANES_F32; ++i) t[i] = bfloat_to_float(p[i]);
