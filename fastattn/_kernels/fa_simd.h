@@ -410,18 +410,6 @@ FA_INLINE float half_to_float(uint16_t h) {
     return out;
 }
 
-FA_INLINE void half_to_float_row(const uint16_t *src, float *dst, ptrdiff_t n) {
-    ptrdiff_t i = 0;
-#if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX512)
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
-#elif !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-#endif
-    for (; i < n; ++i) dst[i] = half_to_float(src[i]);
-}
-
 /* bfloat16 storage (the top half of a float's bits, as ml_dtypes' bfloat16) -> float:
  * exact, a shift. */
 FA_INLINE float bfloat_to_float(uint16_t b) {
@@ -431,26 +419,7 @@ FA_INLINE float bfloat_to_float(uint16_t b) {
     return out;
 }
 
-FA_INLINE void bfloat_to_float_row(const uint16_t *src, float *dst, ptrdiff_t n) {
-    ptrdiff_t i = 0;
-#if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX512)
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_si512(dst + i, _mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                                         _mm256_loadu_si256((const __m256i *)(src + i))), 16));
-#elif !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(
-                                _mm_loadu_si128((const __m128i *)(src + i))), 16));
-#endif
-    for (; i < n; ++i) dst[i] = bfloat_to_float(src[i]);
-}
-
-/* A row of 16-bit storage as floats, and one element: bfloat16 or float16. */
-FA_INLINE void narrow_to_float_row(int bfloat, const uint16_t *src, float *dst, ptrdiff_t n) {
-    if (bfloat) bfloat_to_float_row(src, dst, n);
-    else half_to_float_row(src, dst, n);
-}
-
+/* One element of 16-bit storage as a float: bfloat16 or float16. */
 FA_INLINE float narrow_to_float(int bfloat, uint16_t x) {
     return bfloat ? bfloat_to_float(x) : half_to_float(x);
 }
@@ -531,6 +500,17 @@ FA_INLINE vf32 load_half_f32(const uint16_t *p) {
     for (int i = 0; i < FA_LANES_F32; ++i) t[i] = half_to_float(p[i]);
     return load_f32(t);
 #endif
+}
+
+/* A row of 16-bit storage (bfloat16 or float16) as floats, for packing a tile: whole
+ * vectors through the loaders above, the rest element by element. */
+FA_INLINE void narrow_to_float_row(int bfloat, const uint16_t *src, float *dst, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#if !defined(FA_PORTABLE)
+    for (; i + FA_LANES_F32 <= n; i += FA_LANES_F32)
+        store_f32(dst + i, bfloat ? load_bfloat_f32(src + i) : load_half_f32(src + i));
+#endif
+    for (; i < n; ++i) dst[i] = narrow_to_float(bfloat, src[i]);
 }
 
 /* The sums of two vectors at once (*sum_a, *sum_b): one reduction tree for both,
