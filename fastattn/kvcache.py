@@ -15,17 +15,17 @@ import numbers
 import numpy as np
 
 from fastattn import _sdpa, _simd
-from fastattn.attention import (_check_softcap, _check_window, _query_tile, _thread_count,
-                                _tiles, is_16bit_storage)
+from fastattn.attention import (FLOAT_DTYPES, _check_softcap, _check_window, _query_tile,
+                                _thread_count, _tiles, is_16bit_storage)
 
 __all__ = ["attention_with_kvcache"]
 
-_CACHE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-
 
 def _cache_dtype(dtype):
-    """float16, bfloat16 (ml_dtypes), float32 or float64."""
-    return dtype in _CACHE_DTYPES or is_16bit_storage(dtype)
+    """float32 or float64, or 16-bit storage (float16, ml_dtypes' bfloat16)."""
+    return dtype in FLOAT_DTYPES or is_16bit_storage(dtype)
+
+
 # split-KV chunks are at least this many keys: shorter ones cost more to merge
 # than they gain in parallelism
 _MIN_SPLIT_KEYS = 512
@@ -36,8 +36,8 @@ def _cache_array(array, name):
         raise TypeError(f"{name} must be a NumPy array (the cache is updated in place), got "
                         f"{type(array).__name__}")
     if not _cache_dtype(array.dtype):
-        raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 array, got dtype "
-                        f"{array.dtype}")
+        raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 array, got "
+                        f"dtype {array.dtype}")
     if array.ndim != 4:
         raise ValueError(f"{name} must have shape (B, H_kv, S_max, D), got shape {array.shape}")
     if array.strides[3] != array.itemsize and array.shape[3] > 1:

@@ -757,74 +757,56 @@ static void FN(normalize_weights)(const fa_job *job, ptrdiff_t key_begin, ptrdif
     }
 }
 
-/* Copy a tile of V into aligned, zero-padded rows of whole vectors: NumPy's
- * buffers are only 16-byte aligned, and a vector load that splits a cache line
- * costs the value product about 5-10%; the copy costs ~1/(2 tile_queries) of it.
- * A float16 or bfloat16 tile is converted on the way. */
-static void FN(pack_values)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
-                            ptrdiff_t value_dim_pad, REAL *packed)
+/* n_rows rows of keys or values (rows row_stride apart, elements col_stride apart,
+ * stored as job->kv_storage says) from row `start` into `packed`: rows dim_pad
+ * apart, converted from 16-bit storage where it is, zero-padded. Values are packed
+ * because NumPy's buffers are only 16-byte aligned, and a vector load that splits
+ * a cache line costs the value product about 5-10% (the copy costs ~1/(2
+ * tile_queries) of it); keys for the decoding path's whole vectors and for 16-bit
+ * storage. */
+static void FN(pack_rows)(const fa_job *job, const void *base, ptrdiff_t row_stride,
+                          ptrdiff_t col_stride, ptrdiff_t dim, ptrdiff_t start,
+                          ptrdiff_t n_rows, ptrdiff_t dim_pad, REAL *packed)
 {
-    const ptrdiff_t row_stride = job->value_row_stride, col_stride = job->value_col_stride;
-    const ptrdiff_t value_dim = job->value_dim;
-    for (ptrdiff_t j = 0; j < n_keys; ++j) {
-        REAL *dst = packed + j * value_dim_pad;
-        const ptrdiff_t at = (key_start + j) * row_stride;
+    for (ptrdiff_t j = 0; j < n_rows; ++j) {
+        REAL *dst = packed + j * dim_pad;
+        const ptrdiff_t at = (start + j) * row_stride;
 #if REAL_IS_FLOAT
         if (job->kv_storage != FA_STORAGE_NATIVE) {
-            const uint16_t *src = (const uint16_t *)job->value + at;
+            const uint16_t *src = (const uint16_t *)base + at;
             const int bfloat = job->kv_storage == FA_STORAGE_BF16;
             if (col_stride == 1) {
-                narrow_to_float_row(bfloat, src, dst, value_dim);
+                narrow_to_float_row(bfloat, src, dst, dim);
             } else {
-                for (ptrdiff_t c = 0; c < value_dim; ++c)
+                for (ptrdiff_t c = 0; c < dim; ++c)
                     dst[c] = narrow_to_float(bfloat, src[c * col_stride]);
             }
         } else
 #endif
         {
-            const REAL *src = (const REAL *)job->value + at;
+            const REAL *src = (const REAL *)base + at;
             if (col_stride == 1) {
-                memcpy(dst, src, (size_t)value_dim * sizeof(REAL));
+                memcpy(dst, src, (size_t)dim * sizeof(REAL));
             } else {
-                for (ptrdiff_t c = 0; c < value_dim; ++c) dst[c] = src[c * col_stride];
+                for (ptrdiff_t c = 0; c < dim; ++c) dst[c] = src[c * col_stride];
             }
         }
-        for (ptrdiff_t c = value_dim; c < value_dim_pad; ++c) dst[c] = 0;
+        for (ptrdiff_t c = dim; c < dim_pad; ++c) dst[c] = 0;
     }
 }
 
-/* A key tile as rows head_dim_pad apart, zero-padded: converted from float16, or
- * copied (the decoding path reads whole vectors). */
+static void FN(pack_values)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                            ptrdiff_t value_dim_pad, REAL *packed)
+{
+    FN(pack_rows)(job, job->value, job->value_row_stride, job->value_col_stride,
+                  job->value_dim, key_start, n_keys, value_dim_pad, packed);
+}
+
 static void FN(pack_keys)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                           ptrdiff_t head_dim_pad, REAL *packed)
 {
-    const ptrdiff_t row_stride = job->key_row_stride, col_stride = job->key_col_stride;
-    const ptrdiff_t head_dim = job->head_dim;
-    for (ptrdiff_t j = 0; j < n_keys; ++j) {
-        REAL *dst = packed + j * head_dim_pad;
-        const ptrdiff_t at = (key_start + j) * row_stride;
-#if REAL_IS_FLOAT
-        if (job->kv_storage != FA_STORAGE_NATIVE) {
-            const uint16_t *src = (const uint16_t *)job->key + at;
-            const int bfloat = job->kv_storage == FA_STORAGE_BF16;
-            if (col_stride == 1) {
-                narrow_to_float_row(bfloat, src, dst, head_dim);
-            } else {
-                for (ptrdiff_t e = 0; e < head_dim; ++e)
-                    dst[e] = narrow_to_float(bfloat, src[e * col_stride]);
-            }
-        } else
-#endif
-        {
-            const REAL *src = (const REAL *)job->key + at;
-            if (col_stride == 1) {
-                memcpy(dst, src, (size_t)head_dim * sizeof(REAL));
-            } else {
-                for (ptrdiff_t e = 0; e < head_dim; ++e) dst[e] = src[e * col_stride];
-            }
-        }
-        for (ptrdiff_t e = head_dim; e < head_dim_pad; ++e) dst[e] = 0;
-    }
+    FN(pack_rows)(job, job->key, job->key_row_stride, job->key_col_stride, job->head_dim,
+                  key_start, n_keys, head_dim_pad, packed);
 }
 
 /* Qt = scale * Q^T of the tile's rows (head_dim x width, rows `pitch` apart),
