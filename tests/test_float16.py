@@ -4,7 +4,8 @@ against the float64 reference on the rounded inputs."""
 import numpy as np
 import pytest
 
-from fastattn import scaled_dot_product_attention, scaled_dot_product_attention_with_weights
+from fastattn import (scaled_dot_product_attention, scaled_dot_product_attention_backward,
+                      scaled_dot_product_attention_with_weights)
 from tests.cases import BFLOAT16, STORAGE_16 as STORAGE, make_inputs, make_mask
 from tests.reference import reference_attention_full
 
@@ -95,3 +96,19 @@ def test_bfloat16_special_values_convert_exactly(simd):
     for x in (np.inf, -np.inf, np.nan):
         one = scaled_dot_product_attention(q[:1], k[:1], np.full((1, 17), x, BFLOAT16))
         np.testing.assert_array_equal(one, np.full((1, 17), x, np.float32))
+
+
+@pytest.mark.skipif(BFLOAT16 is None, reason="needs ml_dtypes")
+def test_16bit_mixes_that_are_refused(rng):
+    """Keys and values of two different 16-bit dtypes, or 16-bit storage under a
+    float64 query, are refused with the dtypes named; so is the backward."""
+    q, k, v = make_inputs(rng, (2,), 5, 7, 8, 8, np.float32)
+    with pytest.raises(TypeError, match="got float32, bfloat16 and float16"):
+        scaled_dot_product_attention(q, k.astype(BFLOAT16), v.astype(np.float16))
+    with pytest.raises(TypeError, match="got float64, bfloat16 and bfloat16"):
+        scaled_dot_product_attention(q.astype(np.float64), k.astype(BFLOAT16),
+                                     v.astype(BFLOAT16))
+    out, lse = scaled_dot_product_attention(q, k, v, return_lse=True)
+    with pytest.raises(TypeError, match="query must be a float32 or float64 array, got dtype "
+                                        "bfloat16"):
+        scaled_dot_product_attention_backward(out, q.astype(BFLOAT16), k, v, out, lse)
