@@ -200,6 +200,18 @@ def test_gradient_buffers_need_not_be_zero(rng, monkeypatch, dtype):
             np.testing.assert_array_equal(g, e)
 
 
+@pytest.mark.parametrize("dtype,queries", [(np.float32, 128), (np.float64, 64)])
+def test_tiles_of_512_byte_rows(rng, simd, dtype, queries):
+    """A query tile whose rows of dS are a multiple of 512 bytes: the kernel spaces
+    those rows further apart (the dQ product reads them down columns), which must
+    not show in the gradients, with softcap's slope and a mask read at the old
+    spacing beside them."""
+    q, k, v = make_inputs(rng, (1, 2), queries, 150, 128, 40, dtype)
+    mask = make_mask(rng, "float", (1, 2), queries, 150, dtype)
+    check(rng, q, k, v, attn_mask=mask, softcap=4.0)
+    check(rng, q, k, v, is_causal=True, window=(70, 0))
+
+
 @pytest.mark.parametrize("queries,keys", [(1, 1), (8, 7), (16, 64), (64, 1000), (512, 33)])
 def test_tile_sizes_do_not_change_results(rng, monkeypatch, queries, keys):
     q, k, v, grad_out, kwargs = threads_and_tiles_case(rng, np.float64)
