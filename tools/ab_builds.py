@@ -1,0 +1,105 @@
+"""A/B two (or more) builds of fastattn's kernels in one process, on a noisy machine.
+
+Build, save the build under a name, change the kernels, build again, save again, then
+time the saved builds in alternation (each round runs every build once, the order
+reversed every other round) and print the median of the per-round time ratios: a slow
+spell of a shared machine then slows both sides of a ratio.
+
+    python setup.py build_ext --inplace && python tools/ab_builds.py save /tmp/ab before
+    ... edit fastattn/_kernels ...
+    python setup.py build_ext --inplace && python tools/ab_builds.py save /tmp/ab after
+    python tools/ab_builds.py backward /tmp/ab before,after --head-dim 128 --length 1024
+
+A saved build is a copy of the package directory (its compiled extension included)
+renamed, so that both import side by side. Results are checked against the first
+build's before timing.
+"""
+import argparse
+import importlib
+import pathlib
+import re
+import shutil
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def save(directory, name):
+    source = pathlib.Path(__file__).resolve().parent.parent / "fastattn"
+    target = pathlib.Path(directory) / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in target.rglob("*.py"):
+        path.write_text(re.sub(r"\bfastattn\b", name, path.read_text()))
+    print(f"saved {source} as {target} (import {name})")
+
+
+def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal):
+    sys.path.insert(0, str(directory))
+    builds = [importlib.import_module(name) for name in names]
+    rng = np.random.default_rng(0)
+    shape = (1, heads, length, head_dim)
+    q, k, v, grad_out = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
+    out, lse = builds[0].scaled_dot_product_attention(q, k, v, is_causal=causal, return_lse=True)
+
+    def call(build):
+        if kind == "forward":
+            return build.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                      num_threads=threads)
+        return build.scaled_dot_product_attention_backward(
+            grad_out, q, k, v, out, lse, is_causal=causal, num_threads=threads)
+
+    def results(build):    # the output, or the three gradients
+        got = call(build)
+        return [got] if kind == "forward" else list(got)
+
+    expected = results(builds[0])
+    for build in builds[1:]:
+        for want, got in zip(expected, results(build)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    times = {build.__name__: [] for build in builds}
+    for r in range(rounds):
+        for build in builds if r % 2 == 0 else builds[::-1]:
+            start = time.perf_counter()
+            call(build)
+            times[build.__name__].append(time.perf_counter() - start)
+    flops = (4 if kind == "forward" else 10) * heads * length * length * head_dim
+    flops /= 2 if causal else 1
+    first = builds[0].__name__
+    print(f"{kind}, B1 H{heads} L{length} D{head_dim}{' causal' if causal else ''}, "
+          f"{threads} thread(s), {rounds} rounds")
+    for name, ts in times.items():
+        ratio = statistics.median(a / b for a, b in zip(times[first], ts))
+        print(f"  {name:>12}: median {statistics.median(ts) * 1e3:8.2f} ms "
+              f"({flops / statistics.median(ts) / 1e9:6.1f} GFLOP/s), "
+              f"speed vs {first}: {ratio:.3f}x")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("save", help="copy the in-place build as an importable package")
+    p.add_argument("directory")
+    p.add_argument("name")
+    for kind in ("forward", "backward"):
+        p = sub.add_parser(kind, help=f"time the {kind} pass of saved builds, alternating")
+        p.add_argument("directory")
+        p.add_argument("names", help="comma-separated saved names; ratios are against the first")
+        p.add_argument("--head-dim", type=int, default=128)
+        p.add_argument("--length", type=int, default=1024)
+        p.add_argument("--heads", type=int, default=8)
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--rounds", type=int, default=21)
+        p.add_argument("--causal", action="store_true")
+    args = parser.parse_args()
+    if args.command == "save":
+        save(args.directory, args.name)
+    else:
+        run(args.command, args.directory, args.names.split(","), args.head_dim, args.length,
+            args.heads, args.threads, args.rounds, args.causal)
+
+
+if __name__ == "__main__":
+    main()
