@@ -55,12 +55,13 @@ cdef extern from "fa_attention.h" nogil:
 
     ctypedef struct fa_linear_job:
         const void *x
-        Py_ssize_t x_row_stride, x_col_stride
+        Py_ssize_t x_batch_stride, x_row_stride, x_col_stride
         const void *packed_weight_t
         Py_ssize_t panel_cols
         const void *bias
         void *out
-        Py_ssize_t out_row_stride
+        Py_ssize_t out_batch_stride, out_row_stride
+        Py_ssize_t head_cols, out_head_stride
         Py_ssize_t depth
 
     ctypedef void (*fa_attend_fn)(const fa_job *job, void *scratch) noexcept nogil
@@ -69,8 +70,9 @@ cdef extern from "fa_attention.h" nogil:
                                  Py_ssize_t part_out_stride, Py_ssize_t part_lse_stride,
                                  Py_ssize_t n_rows, Py_ssize_t value_dim, void *out,
                                  Py_ssize_t out_row_stride, void *lse) noexcept nogil
-    ctypedef void (*fa_linear_fn)(const fa_linear_job *job, Py_ssize_t row_start,
-                                  Py_ssize_t n_rows, Py_ssize_t col_start, Py_ssize_t n_cols,
+    ctypedef void (*fa_linear_fn)(const fa_linear_job *job, Py_ssize_t batch,
+                                  Py_ssize_t row_start, Py_ssize_t n_rows,
+                                  Py_ssize_t col_start, Py_ssize_t n_cols,
                                   void *scratch) noexcept nogil
     ctypedef size_t (*fa_linear_scratch_fn)(Py_ssize_t, Py_ssize_t) noexcept nogil
     ctypedef size_t (*fa_scratch_bytes_fn)(Py_ssize_t, Py_ssize_t, Py_ssize_t,

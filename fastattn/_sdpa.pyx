@@ -577,13 +577,16 @@ cdef enum:
 PACK_COLUMNS = LINEAR_PANEL_COLS     # columns per panel of the packed W^T
 
 
-def linear(cnp.ndarray x, cnp.ndarray packed_weight_t, Py_ssize_t n_cols, object bias,
-           cnp.ndarray out, str isa, int num_threads):
-    """out (M, n_cols) = x (M, K) . W^T + bias, with W^T packed in panels
-    (n_panels, K, PACK_COLUMNS), C-contiguous, zero-padded, 64-byte aligned. Runs the kernels'
-    micro-kernel on this module's OpenMP threads: no BLAS thread pool to wake, or
-    to keep spinning against the attention that follows. Validated by the caller:
-    2-D arrays of one float dtype, aligned, ``out`` with contiguous columns."""
+def linear(cnp.ndarray x, cnp.ndarray packed_weight_t, object bias, cnp.ndarray out, str isa,
+           int num_threads):
+    """out = x . W^T + bias for x (N, M, K) and out (N, G, M, C), the G * C columns of
+    the product cut into G heads of C columns: out[b, g, r, c] = (x[b] . W^T)[r, g * C
+    + c] + bias[g * C + c] (G = 1: a plain (N, M, G * C) product). W^T packed in
+    panels (n_panels, K, PACK_COLUMNS), C-contiguous, zero-padded, 64-byte aligned.
+    Runs the kernels' micro-kernel on this module's OpenMP threads: no BLAS thread
+    pool to wake, or to keep spinning against the attention that follows. Validated
+    by the caller: arrays of one float dtype, aligned, ``out`` with contiguous last
+    dimension, shapes as said."""
     cdef const fa_kernel_table *table = fa_kernel_table_for(ISA_NAMES.index(isa))
     cdef Py_ssize_t itemsize = x.dtype.itemsize
     cdef bint is_f64 = itemsize == 8
@@ -591,25 +594,31 @@ def linear(cnp.ndarray x, cnp.ndarray packed_weight_t, Py_ssize_t n_cols, object
     cdef size_t scratch_bytes = (table.linear_scratch_bytes_f64 if is_f64
                                  else table.linear_scratch_bytes_f32)(LINEAR_TILE_ROWS,
                                                                       LINEAR_PANEL_COLS)
-    cdef Py_ssize_t n_rows = x.shape[0]
-    if n_rows == 0 or n_cols == 0:
+    cdef Py_ssize_t n_batch = x.shape[0], n_rows = x.shape[1]
+    cdef Py_ssize_t n_cols = out.shape[1] * out.shape[3]
+    if n_batch == 0 or n_rows == 0 or n_cols == 0:
         return
 
     cdef fa_linear_job job
     job.x = cnp.PyArray_DATA(x)
-    job.x_row_stride = x.strides[0] // itemsize
-    job.x_col_stride = x.strides[1] // itemsize
+    job.x_batch_stride = x.strides[0] // itemsize
+    job.x_row_stride = x.strides[1] // itemsize
+    job.x_col_stride = x.strides[2] // itemsize
     job.packed_weight_t = cnp.PyArray_DATA(packed_weight_t)
     job.panel_cols = LINEAR_PANEL_COLS
     job.bias = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
     job.out = cnp.PyArray_DATA(out)
-    job.out_row_stride = out.strides[0] // itemsize
-    job.depth = x.shape[1]
+    job.out_batch_stride = out.strides[0] // itemsize
+    job.out_head_stride = out.strides[1] // itemsize
+    job.out_row_stride = out.strides[2] // itemsize
+    job.head_cols = out.shape[3]
+    job.depth = x.shape[2]
 
     cdef Py_ssize_t n_panels = (n_cols + LINEAR_PANEL_COLS - 1) // LINEAR_PANEL_COLS
-    cdef Py_ssize_t n_tiles = (n_rows + LINEAR_TILE_ROWS - 1) // LINEAR_TILE_ROWS * n_panels
+    cdef Py_ssize_t row_tiles = (n_rows + LINEAR_TILE_ROWS - 1) // LINEAR_TILE_ROWS
+    cdef Py_ssize_t n_tiles = n_batch * row_tiles * n_panels
     cdef int n_threads = <int>min(num_threads, n_tiles)
-    cdef Py_ssize_t tile, row0, col0
+    cdef Py_ssize_t tile, batch, row0, col0
     cdef void *scratch
     cdef int allocation_failed[1]
     allocation_failed[0] = 0
@@ -619,10 +628,11 @@ def linear(cnp.ndarray x, cnp.ndarray packed_weight_t, Py_ssize_t n_cols, object
             allocation_failed[0] = 1
         for tile in prange(n_tiles, schedule="dynamic"):
             if scratch != NULL:
-                row0 = (tile // n_panels) * LINEAR_TILE_ROWS
+                batch = tile // (row_tiles * n_panels)
+                row0 = (tile // n_panels) % row_tiles * LINEAR_TILE_ROWS
                 col0 = (tile % n_panels) * LINEAR_PANEL_COLS
-                tile_fn(&job, row0, min(<Py_ssize_t>LINEAR_TILE_ROWS, n_rows - row0), col0,
-                        min(<Py_ssize_t>LINEAR_PANEL_COLS, n_cols - col0), scratch)
+                tile_fn(&job, batch, row0, min(<Py_ssize_t>LINEAR_TILE_ROWS, n_rows - row0),
+                        col0, min(<Py_ssize_t>LINEAR_PANEL_COLS, n_cols - col0), scratch)
         free(scratch)
     # end of the nogil parallel block
     if allocation_failed[0]:

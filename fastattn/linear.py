@@ -42,7 +42,20 @@ def linear(x, packed_weight_t, n_out, bias=None, *, num_threads=None):
     if not rows.flags.aligned:
         rows = rows.copy()
     out = np.empty(x.shape[:-1] + (n_out,), dtype=x.dtype)
-    _sdpa.linear(rows, packed_weight_t, n_out, bias, out.reshape(rows.shape[0], n_out),
-                 _simd.active(),
-                 _thread_count(num_threads))
+    _sdpa.linear(rows[None], packed_weight_t, bias, out.reshape(1, 1, rows.shape[0], n_out),
+                 _simd.active(), _thread_count(num_threads))
+    return out
+
+
+def linear_heads(x, packed_weight_t, n_heads, head_dim, bias=None, *, num_threads=None):
+    """x (N, L, in), any strides, @ W.T + bias, written head-major: (N, n_heads, L,
+    head_dim), C-contiguous, the columns of head h being h * head_dim onwards. The
+    attention that follows then reads each head's rows head_dim apart, instead of
+    through a strided (N, L, H, D) view (the thirds of a fused q/k/v projection:
+    ~0.8x the speed of the same arrays contiguous). Trusted like ``linear``."""
+    x = np.asarray(x)
+    if not x.flags.aligned:
+        x = x.copy()
+    out = np.empty((x.shape[0], n_heads, x.shape[1], head_dim), dtype=x.dtype)
+    _sdpa.linear(x, packed_weight_t, bias, out, _simd.active(), _thread_count(num_threads))
     return out

@@ -3,10 +3,12 @@
 The projections are GEMMs on fastattn's own micro-kernel and OpenMP threads
 (``fastattn.linear``: NumPy's BLAS would leave its threads spinning against the
 attention kernel); self-attention projects q, k and v with one GEMM on the
-packed ``in_proj_weight``, and the module keeps its weights packed. Heads are
-split by reshaping and transposing views, never by copying, and the fused
-kernel writes every head's output straight into the buffer, laid out as the
-caller's output, that the output projection then reads.
+packed ``in_proj_weight``, and the module keeps its weights packed. The
+projections write q, k and v head-major, (N, H, L, D), so that the attention
+reads each head's rows adjacent (through strided views of an (N, L, 3E) product
+it ran ~0.8x as fast), and the fused kernel writes every head's output straight
+into the buffer, laid out as the caller's output, that the output projection then
+reads.
 
 Masks follow torch's ``nn.MultiheadAttention`` conventions, which are the
 opposite of ``scaled_dot_product_attention``'s for booleans: in
@@ -18,7 +20,7 @@ import numbers
 import numpy as np
 
 from fastattn import attention
-from fastattn.linear import linear, pack_weight
+from fastattn.linear import linear, linear_heads, pack_weight
 
 __all__ = ["MultiHeadAttention", "multi_head_attention"]
 
@@ -109,7 +111,7 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
             raise ValueError(f"{name} must have {q_in.ndim} dimensions like query "
                              f"{q_in.shape}, got shape {array.shape}")
 
-    # projections run on the arrays as laid out; nle() views them as (N, L, E)
+    # projections read the arrays as laid out; nle() views them as (N, L, E)
     def nle(x):
         if not batched:
             return x[None]
@@ -140,8 +142,10 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     head_dim = embed_dim // num_heads
     threads = attention._thread_count(num_threads)
 
-    def project(x, key, weight, bias):
-        return linear(x, _pack(key, weight), weight.shape[0], bias, num_threads=threads)
+    # q, k and v are projected straight into (N, H, L, D): each head's rows adjacent
+    def project_heads(x, key, weight, bias):
+        return linear_heads(nle(x), _pack(key, weight), weight.shape[0] // head_dim, head_dim,
+                            bias, num_threads=threads)
 
     if out_proj_bias is not None:
         out_proj_bias = _array(out_proj_bias, "out_proj_bias", dtype)
@@ -160,13 +164,13 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
                            f": in_proj_weight needs key and value with embed_dim {embed_dim} "
                            f"features (kdim/vdim != embed_dim need q/k/v_proj_weight)")
         if query is key and key is value:       # self-attention: one GEMM for q, k, v
-            q, k, v = np.split(project(q_in, "qkv", weight, in_proj_bias), 3, axis=-1)
+            q, k, v = np.split(project_heads(q_in, "qkv", weight, in_proj_bias), 3, axis=1)
         elif key is value:                      # encoder-decoder: one GEMM for k, v
-            q = project(q_in, "q", weight[:embed_dim], biases[0])
+            q = project_heads(q_in, "q", weight[:embed_dim], biases[0])
             kv_bias = None if in_proj_bias is None else in_proj_bias[embed_dim:]
-            k, v = np.split(project(k_in, "kv", weight[embed_dim:], kv_bias), 2, axis=-1)
+            k, v = np.split(project_heads(k_in, "kv", weight[embed_dim:], kv_bias), 2, axis=1)
         else:
-            q, k, v = (project(x, name, w, b) for x, name, w, b in
+            q, k, v = (project_heads(x, name, w, b) for x, name, w, b in
                        zip((q_in, k_in, v_in), "qkv", np.split(weight, 3), biases))
     else:
         weights_in = []
@@ -185,11 +189,10 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
                                      f"got {w.shape}")
                 check_features(x_name, x, dim_name, w.shape[1], f" ({name} is {w.shape})")
             weights_in.append(w)
-        q, k, v = (project(x, name, w, b) for x, name, w, b in
+        q, k, v = (project_heads(x, name, w, b) for x, name, w, b in
                    zip((q_in, k_in, v_in), "qkv", weights_in, biases))
-    q, k, v = nle(q), nle(k), nle(v)
 
-    # (N, L, E) -> (N, H, L, D) by strides
+    # the output, (N, L, E) -> (N, H, L, D) by strides
     def heads(x):
         return x.reshape(x.shape[0], x.shape[1], num_heads, head_dim).swapaxes(1, 2)
 
@@ -217,10 +220,11 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     else:
         attended = attended_nle = np.empty((n_batch, n_queries, embed_dim), dtype=dtype)
     _, weights, _ = attention._attend(
-        heads(q), heads(k), heads(v), mask, bool(is_causal), None, False, threads,
+        q, k, v, mask, bool(is_causal), None, False, threads,
         with_weights=bool(need_weights), out=heads(attended_nle),
         average_heads=bool(average_attn_weights))
-    output = project(attended if batched else attended[0], "out", out_proj_weight, out_proj_bias)
+    output = linear(attended if batched else attended[0], _pack("out", out_proj_weight),
+                    embed_dim, out_proj_bias, num_threads=threads)
 
     if weights is not None and not batched:
         weights = weights[0]

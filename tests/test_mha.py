@@ -218,6 +218,26 @@ def test_sdpa_linear_matches_numpy(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_heads, head_dim", [(1, 1), (3, 20), (4, 32), (2, 64), (3, 80),
+                                               (2, 128)])
+def test_linear_heads_writes_each_head_apart(rng, dtype, n_heads, head_dim):
+    """(N, L, in) -> (N, H, L, D): panels of 64 columns inside a head, across two
+    heads (D = 20, 32), ragged (D = 80 on 16 lanes); row tiles of 192 cut at each
+    batch's end (L = 200); x in place through a (L, N, in) transpose."""
+    from fastattn.linear import linear_heads, pack_weight
+    n_batch, length, depth = 3, 200, 48
+    x = rng.standard_normal((length, n_batch, depth)).astype(dtype).swapaxes(0, 1)
+    w = rng.standard_normal((n_heads * head_dim, depth)).astype(dtype)
+    for bias in (None, rng.standard_normal(n_heads * head_dim).astype(dtype)):
+        flat = x.astype(np.float64) @ w.T.astype(np.float64) + (0 if bias is None else bias)
+        expected = flat.reshape(n_batch, length, n_heads, head_dim).swapaxes(1, 2)
+        got = linear_heads(x, pack_weight(w), n_heads, head_dim, bias)
+        assert got.shape == (n_batch, n_heads, length, head_dim) and got.flags.c_contiguous
+        np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_averaged_weights_equal_the_mean_of_per_head_weights(rng, dtype):
     fm = MultiHeadAttention(32, 4, dtype=dtype, seed=4, batch_first=True)
     x = rng.standard_normal((3, 211, 32)).astype(dtype)      # 211: ragged query tiles

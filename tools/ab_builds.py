@@ -10,6 +10,9 @@ spell of a shared machine then slows both sides of a ratio.
     python setup.py build_ext --inplace && python tools/ab_builds.py save /tmp/ab after
     python tools/ab_builds.py backward /tmp/ab before,after --head-dim 128 --length 1024
 
+`mha` times MultiHeadAttention's forward instead (self-attention, batch 4, embed_dim =
+heads * head_dim, batch_first; `--weights` asks for the averaged weights too).
+
 A saved build is a copy of the package directory (its compiled extension included)
 renamed, so that both import side by side. Results are checked against the first
 build's before timing.
@@ -36,23 +39,35 @@ def save(directory, name):
     print(f"saved {source} as {target} (import {name})")
 
 
-def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal):
+def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal,
+        weights=False):
     sys.path.insert(0, str(directory))
     builds = [importlib.import_module(name) for name in names]
     rng = np.random.default_rng(0)
     shape = (1, heads, length, head_dim)
     q, k, v, grad_out = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
     out, lse = builds[0].scaled_dot_product_attention(q, k, v, is_causal=causal, return_lse=True)
+    mha_batch, embed_dim = 4, heads * head_dim
+    x = rng.standard_normal((mha_batch, length, embed_dim), dtype=np.float32)
+    modules = {build: build.MultiHeadAttention(embed_dim, heads, batch_first=True, seed=0)
+               for build in builds}
 
     def call(build):
+        if kind == "mha":
+            return modules[build](x, x, x, need_weights=weights, is_causal=causal,
+                                  attn_mask=None if not causal else
+                                  np.triu(np.ones((length, length), bool), 1),
+                                  num_threads=threads)
         if kind == "forward":
             return build.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                       num_threads=threads)
         return build.scaled_dot_product_attention_backward(
             grad_out, q, k, v, out, lse, is_causal=causal, num_threads=threads)
 
-    def results(build):    # the output, or the three gradients
+    def results(build):    # the output, or the three gradients, or output and weights
         got = call(build)
+        if kind == "mha":
+            return [got[0]] if got[1] is None else list(got)
         return [got] if kind == "forward" else list(got)
 
     expected = results(builds[0])
@@ -65,11 +80,14 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
             start = time.perf_counter()
             call(build)
             times[build.__name__].append(time.perf_counter() - start)
-    flops = (4 if kind == "forward" else 10) * heads * length * length * head_dim
+    flops = (10 if kind == "backward" else 4) * heads * length * length * head_dim
     flops /= 2 if causal else 1
+    if kind == "mha":    # the attention's, and the four projections'
+        flops = mha_batch * (flops + 8 * length * embed_dim * embed_dim)
     first = builds[0].__name__
-    print(f"{kind}, B1 H{heads} L{length} D{head_dim}{' causal' if causal else ''}, "
-          f"{threads} thread(s), {rounds} rounds")
+    batch = f"N{mha_batch} E{embed_dim} H{heads}" if kind == "mha" else f"B1 H{heads}"
+    print(f"{kind}, {batch} L{length} D{head_dim}{' causal' if causal else ''}"
+          f"{' with weights' if weights else ''}, {threads} thread(s), {rounds} rounds")
     for name, ts in times.items():
         ratio = statistics.median(a / b for a, b in zip(times[first], ts))
         print(f"  {name:>12}: median {statistics.median(ts) * 1e3:8.2f} ms "
@@ -83,7 +101,7 @@ def main():
     p = sub.add_parser("save", help="copy the in-place build as an importable package")
     p.add_argument("directory")
     p.add_argument("name")
-    for kind in ("forward", "backward"):
+    for kind in ("forward", "backward", "mha"):
         p = sub.add_parser(kind, help=f"time the {kind} pass of saved builds, alternating")
         p.add_argument("directory")
         p.add_argument("names", help="comma-separated saved names; ratios are against the first")
@@ -93,12 +111,15 @@ def main():
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--rounds", type=int, default=21)
         p.add_argument("--causal", action="store_true")
+        if kind == "mha":
+            p.add_argument("--weights", action="store_true")
     args = parser.parse_args()
     if args.command == "save":
         save(args.directory, args.name)
     else:
         run(args.command, args.directory, args.names.split(","), args.head_dim, args.length,
-            args.heads, args.threads, args.rounds, args.causal)
+            args.heads, args.threads, args.rounds, args.causal,
+            getattr(args, "weights", False))
 
 
 if __name__ == "__main__":

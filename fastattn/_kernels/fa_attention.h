@@ -71,14 +71,20 @@ typedef struct {
     void *grad_value;      ptrdiff_t grad_value_row_stride;
 } fa_backward_job;
 
-/* A projection out = x . W^T + bias, cut into tiles (rows x column panels). */
+/* A projection out = x . W^T + bias, cut into tiles (rows of one batch x column
+ * panels). Row r of batch b is x + b * x_batch_stride + r * x_row_stride. out's
+ * columns come in heads of head_cols, heads out_head_stride apart: element (b, r, c)
+ * is out + b * out_batch_stride + (c / head_cols) * out_head_stride
+ * + r * out_row_stride + c % head_cols, so that a projection writes (N, H, L, D)
+ * directly (head_cols = n_cols: a plain (N, L, n_cols) output). */
 typedef struct {
-    const void *x;               ptrdiff_t x_row_stride, x_col_stride;
+    const void *x;               ptrdiff_t x_batch_stride, x_row_stride, x_col_stride;
     /* W^T in panels of panel_cols columns, each panel depth x panel_cols, contiguous,
      * so that the rows a tile streams through are adjacent in memory */
     const void *packed_weight_t; ptrdiff_t panel_cols;
     const void *bias;            /* NULL: none */
-    void *out;                   ptrdiff_t out_row_stride;     /* columns contiguous */
+    void *out;                   ptrdiff_t out_batch_stride, out_row_stride;
+    ptrdiff_t head_cols, out_head_stride;
     ptrdiff_t depth;             /* in features */
 } fa_linear_job;
 
@@ -91,8 +97,9 @@ typedef void (*fa_merge_fn)(ptrdiff_t n_parts, const void *part_out, const void 
                             ptrdiff_t part_out_stride, ptrdiff_t part_lse_stride,
                             ptrdiff_t n_rows, ptrdiff_t value_dim, void *out,
                             ptrdiff_t out_row_stride, void *lse);
-typedef void (*fa_linear_fn)(const fa_linear_job *job, ptrdiff_t row_start, ptrdiff_t n_rows,
-                             ptrdiff_t col_start, ptrdiff_t n_cols, void *scratch);
+typedef void (*fa_linear_fn)(const fa_linear_job *job, ptrdiff_t batch, ptrdiff_t row_start,
+                             ptrdiff_t n_rows, ptrdiff_t col_start, ptrdiff_t n_cols,
+                             void *scratch);
 typedef size_t (*fa_linear_scratch_fn)(ptrdiff_t tile_rows, ptrdiff_t panel_cols);
 typedef size_t (*fa_scratch_bytes_fn)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
                                       ptrdiff_t head_dim, ptrdiff_t value_dim);
@@ -139,9 +146,9 @@ void *fa_thread_scratch(size_t bytes);
     size_t fa_linear_scratch_bytes_f32_##suffix(ptrdiff_t, ptrdiff_t);                \
     size_t fa_linear_scratch_bytes_f64_##suffix(ptrdiff_t, ptrdiff_t);                \
     void fa_linear_tile_f32_##suffix(const fa_linear_job *, ptrdiff_t, ptrdiff_t,     \
-                                     ptrdiff_t, ptrdiff_t, void *);                   \
+                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, void *);        \
     void fa_linear_tile_f64_##suffix(const fa_linear_job *, ptrdiff_t, ptrdiff_t,     \
-                                     ptrdiff_t, ptrdiff_t, void *);
+                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, void *);
 FA_DECLARE_ISA(baseline)
 FA_DECLARE_ISA(avx2)
 FA_DECLARE_ISA(avx512)

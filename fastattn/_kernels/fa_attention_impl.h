@@ -1281,21 +1281,27 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
                    VLOAD(w.grad_query + i * head_dim_pad + c) * scale);
 }
 
-/* One tile of a projection, out = x . W^T + bias: rows [row_start, +n_rows) and
- * the column panel [col_start, +n_cols), from W^T packed in panels (zero-padded
- * to whole vectors). Long depths are walked in chunks (FA_LINEAR_DEPTH_CHUNK), so
- * that the part of W^T a tile streams through stays in L2. A panel of whole vectors
- * accumulates in `out` itself; a ragged last panel goes through scratch. */
-void FN(fa_linear_tile)(const fa_linear_job *job, ptrdiff_t row_start, ptrdiff_t n_rows,
-                        ptrdiff_t col_start, ptrdiff_t n_cols, void *scratch_memory)
+/* One tile of a projection, out = x . W^T + bias: rows [row_start, +n_rows) of
+ * `batch` and the column panel [col_start, +n_cols), from W^T packed in panels
+ * (zero-padded to whole vectors). Long depths are walked in chunks
+ * (FA_LINEAR_DEPTH_CHUNK), so that the part of W^T a tile streams through stays in
+ * L2. A panel of whole vectors inside one head accumulates in `out` itself; a ragged
+ * panel, or one across two heads, goes through scratch. */
+void FN(fa_linear_tile)(const fa_linear_job *job, ptrdiff_t batch, ptrdiff_t row_start,
+                        ptrdiff_t n_rows, ptrdiff_t col_start, ptrdiff_t n_cols,
+                        void *scratch_memory)
 {
     const ptrdiff_t width = FA_ROUND_UP(n_cols, LANES);
-    const int in_place = width == n_cols;
-    REAL *out = (REAL *)job->out + row_start * job->out_row_stride + col_start;
-    REAL *c = in_place ? out : (REAL *)((char *)scratch_memory +
-                                        (-(uintptr_t)scratch_memory % FA_SCRATCH_ALIGN));
+    const ptrdiff_t head_cols = job->head_cols, first_col = col_start % head_cols;
+    const int in_place = width == n_cols && first_col + n_cols <= head_cols;
+    REAL *out = (REAL *)job->out + batch * job->out_batch_stride
+                + row_start * job->out_row_stride;
+    REAL *c = in_place ? out + (col_start / head_cols) * job->out_head_stride + first_col
+                       : (REAL *)((char *)scratch_memory +
+                                  (-(uintptr_t)scratch_memory % FA_SCRATCH_ALIGN));
     const ptrdiff_t c_row = in_place ? job->out_row_stride : width;
-    const REAL *x = (const REAL *)job->x + row_start * job->x_row_stride;
+    const REAL *x = (const REAL *)job->x + batch * job->x_batch_stride
+                    + row_start * job->x_row_stride;
     const ptrdiff_t panel = job->panel_cols;
     const REAL *packed = (const REAL *)job->packed_weight_t + (col_start / panel) * job->depth * panel
                          + col_start % panel;
@@ -1313,12 +1319,15 @@ void FN(fa_linear_tile)(const fa_linear_job *job, ptrdiff_t row_start, ptrdiff_t
         if (bias)
             for (ptrdiff_t r = 0; r < n_rows; ++r)
                 for (ptrdiff_t v = 0; v < width; v += LANES)
-                    VSTORE(out + r * c_row + v, VLOAD(out + r * c_row + v) + VLOAD(bias + v));
+                    VSTORE(c + r * c_row + v, VLOAD(c + r * c_row + v) + VLOAD(bias + v));
         return;
     }
     for (ptrdiff_t r = 0; r < n_rows; ++r)
-        for (ptrdiff_t v = 0; v < n_cols; ++v)
-            out[r * job->out_row_stride + v] = c[r * width + v] + (bias ? bias[v] : 0);
+        for (ptrdiff_t v = 0; v < n_cols; ++v) {
+            const ptrdiff_t col = col_start + v;
+            out[r * job->out_row_stride + (col / head_cols) * job->out_head_stride
+                + col % head_cols] = c[r * width + v] + (bias ? bias[v] : 0);
+        }
 }
 
 size_t FN(fa_linear_scratch_bytes)(ptrdiff_t tile_rows, ptrdiff_t panel_cols)
