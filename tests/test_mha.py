@@ -117,6 +117,18 @@ def test_float32(rng):
     assert_same(out, run_torch(tm, x, x, x), dtype=np.float32)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_head_dims_of_whole_projection_panels(rng, batch_first):
+    """D = 64: each head a whole panel of the projection, written in place; 200 rows
+    per batch: two row tiles, the second ragged; self- and cross-attention."""
+    tm, fm = torch_pair(128, 2, batch_first=batch_first)
+    shape = (2, 200, 128) if batch_first else (200, 2, 128)
+    x, memory = rng.standard_normal(shape), rng.standard_normal(shape)
+    assert_same(fm(x, x, x), run_torch(tm, x, x, x))
+    assert_same(fm(x, memory, memory, need_weights=False),
+                run_torch(tm, x, memory, memory, need_weights=False))
+
+
 def test_against_numpy_reference(rng):
     """The NumPy-only check: projections, per-head reference attention, output projection."""
     fm = MultiHeadAttention(12, 3, dtype=np.float64, seed=1, batch_first=True)
