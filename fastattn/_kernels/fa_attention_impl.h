@@ -1322,12 +1322,26 @@ void FN(fa_linear_tile)(const fa_linear_job *job, ptrdiff_t batch, ptrdiff_t row
                     VSTORE(c + r * c_row + v, VLOAD(c + r * c_row + v) + VLOAD(bias + v));
         return;
     }
-    for (ptrdiff_t r = 0; r < n_rows; ++r)
-        for (ptrdiff_t v = 0; v < n_cols; ++v) {
-            const ptrdiff_t col = col_start + v;
-            out[r * job->out_row_stride + (col / head_cols) * job->out_head_stride
-                + col % head_cols] = c[r * width + v] + (bias ? bias[v] : 0);
+    /* from scratch, a run of one head's columns at a time, by vectors (element by
+     * element, with a division per element, heads of 32 columns made the whole
+     * MultiHeadAttention 0.87x as fast) */
+    for (ptrdiff_t v0 = 0; v0 < n_cols;) {
+        const ptrdiff_t col = col_start + v0, in_head = col % head_cols;
+        const ptrdiff_t run = n_cols - v0 < head_cols - in_head ? n_cols - v0
+                                                                : head_cols - in_head;
+        REAL *dst = out + (col / head_cols) * job->out_head_stride + in_head;
+        const REAL *src = c + v0, *run_bias = bias ? bias + v0 : NULL;
+        for (ptrdiff_t r = 0; r < n_rows; ++r) {
+            REAL *dst_row = dst + r * job->out_row_stride;
+            const REAL *src_row = src + r * width;
+            ptrdiff_t v = 0;
+            for (; v + LANES <= run; v += LANES)
+                VSTORE(dst_row + v, run_bias ? VLOAD(src_row + v) + VLOAD(run_bias + v)
+                                             : VLOAD(src_row + v));
+            for (; v < run; ++v) dst_row[v] = src_row[v] + (run_bias ? run_bias[v] : 0);
         }
+        v0 += run;
+    }
 }
 
 size_t FN(fa_linear_scratch_bytes)(ptrdiff_t tile_rows, ptrdiff_t panel_cols)
