@@ -46,11 +46,14 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
     rng = np.random.default_rng(0)
     shape = (1, heads, length, head_dim)
     q, k, v, grad_out = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
-    out, lse = builds[0].scaled_dot_product_attention(q, k, v, is_causal=causal, return_lse=True)
+    if kind == "backward":
+        out, lse = builds[0].scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                          return_lse=True)
     mha_batch, embed_dim = 4, heads * head_dim
-    x = rng.standard_normal((mha_batch, length, embed_dim), dtype=np.float32)
-    modules = {build: build.MultiHeadAttention(embed_dim, heads, batch_first=True, seed=0)
-               for build in builds}
+    if kind == "mha":
+        x = rng.standard_normal((mha_batch, length, embed_dim), dtype=np.float32)
+        modules = {build: build.MultiHeadAttention(embed_dim, heads, batch_first=True, seed=0)
+                   for build in builds}
 
     def call(build):
         if kind == "mha":
