@@ -245,11 +245,12 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
 
 /* c (rows x width) (+)= a (rows x depth, any strides) . b (depth x width, rows
  * b_row apart); width is a multiple of LANES, c rows are c_row apart. Accumulating,
- * c's columns are first scaled by column_scale (width of them) unless it is NULL. */
+ * c's columns are first scaled by column_scale (width of them) unless it is NULL.
+ * `ahead` (or NULL) fetches a later operand meanwhile, after each register block. */
 static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
                             const REAL *b, ptrdiff_t b_row, ptrdiff_t width, ptrdiff_t depth,
                             REAL *c, ptrdiff_t c_row, int accumulate,
-                            const REAL *column_scale)
+                            const REAL *column_scale, fa_fetch_ahead *ahead)
 {
     const ptrdiff_t n_vecs = width / LANES;
     for (ptrdiff_t v0 = 0; v0 < n_vecs; v0 += FA_SCORE_VECS) {
@@ -258,9 +259,11 @@ static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptr
         REAL *cp = c + v0 * LANES;
         const REAL *scale = column_scale ? column_scale + v0 * LANES : NULL;
         ptrdiff_t r = 0;
-        for (; r + FA_SCORE_ROWS <= rows; r += FA_SCORE_ROWS)
+        for (; r + FA_SCORE_ROWS <= rows; r += FA_SCORE_ROWS) {
             FA_DISPATCH_VECS(FN(gemm_block), vecs, FA_SCORE_ROWS, a + r * a_row, a_row, a_col,
                              bp, b_row, depth, cp + r * c_row, c_row, accumulate, scale)
+            fa_fetch_some(ahead);
+        }
         FA_GEMM_LAST_BLOCK(rows - r, vecs, a + r * a_row, a_row, a_col, bp, b_row, depth,
                            cp + r * c_row, c_row, accumulate, scale)
     }
@@ -872,7 +875,8 @@ static void FN(tile_band)(const fa_job *job, ptrdiff_t width, REAL *position, RE
  * streams through stays in L1. */
 static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                                     ptrdiff_t width, const REAL *probs, const REAL *rescale,
-                                    REAL *packed, REAL *acc_t, ptrdiff_t acc_pitch)
+                                    REAL *packed, REAL *acc_t, ptrdiff_t acc_pitch,
+                                    fa_fetch_ahead *ahead)
 {
     const REAL *value = (const REAL *)job->value + key_start * job->value_row_stride;
     ptrdiff_t element_stride = job->value_col_stride, key_stride = job->value_row_stride;
@@ -887,7 +891,7 @@ static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrd
         const ptrdiff_t nk = n_keys - j0 < FA_VALUE_CHUNK ? n_keys - j0 : FA_VALUE_CHUNK;
         FN(gemm_packed)(value + j0 * key_stride, element_stride, key_stride, job->value_dim,
                         probs + j0 * width, width, width, nk, acc_t, acc_pitch, 1,
-                        j0 == 0 ? rescale : NULL);
+                        j0 == 0 ? rescale : NULL, ahead);
     }
 }
 
@@ -959,6 +963,8 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     const int values_in_place = decoding && job->value_col_stride == 1 &&
                                 value_dim == value_dim_pad;
 
+    const ptrdiff_t n_panels = (width + FA_PANEL - 1) / FA_PANEL;   /* of the products */
+    fa_fetch_ahead ahead;
     for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
         const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
         const void *key_tile = (const char *)job->key + k0 * job->key_row_stride * kv_bytes;
@@ -975,9 +981,17 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         if (decoding)
             FN(dot_scores_rows)(nq, key_storage, w.query_rows, head_dim_pad, key_tile,
                                 key_row_stride, nk, w.scores, width);
-        else
+        else {
+            /* this tile's values, meanwhile */
+            fa_fetch_ahead_init(&ahead, (const char *)job->value
+                                        + k0 * job->value_row_stride * kv_bytes,
+                                job->value_row_stride * kv_bytes,
+                                job->value_col_stride == 1 ? value_dim * kv_bytes : 0, nk,
+                                n_panels * (nk / FA_SCORE_ROWS));
             FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
-                            w.packed_query, pitch, width, head_dim, w.scores, width, 0, NULL);
+                            w.packed_query, pitch, width, head_dim, w.scores, width, 0, NULL,
+                            &ahead);
+        }
         FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
                              w.column_slope, w.scores, NULL);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
@@ -985,8 +999,18 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
 
         const void *value_tile = (const char *)job->value + k0 * job->value_row_stride * kv_bytes;
         if (!decoding) {
+            /* the next tile's keys, meanwhile */
+            const ptrdiff_t next = k0 + job->tile_keys;
+            const ptrdiff_t next_keys = key_end - next < job->tile_keys ? key_end - next
+                                                                        : job->tile_keys;
+            fa_fetch_ahead_init(&ahead, (const char *)job->key
+                                        + next * job->key_row_stride * kv_bytes,
+                                job->key_row_stride * kv_bytes,
+                                job->key_col_stride == 1 ? head_dim * kv_bytes : 0, next_keys,
+                                n_panels * (value_dim / FA_SCORE_ROWS)
+                                * ((nk + FA_VALUE_CHUNK - 1) / FA_VALUE_CHUNK));
             FN(accumulate_values_t)(job, k0, nk, width, w.scores, w.rescale, w.packed_value,
-                                    w.acc, pitch);
+                                    w.acc, pitch, &ahead);
         } else if (values_in_place) {
             FN(accumulate_values)(storage, w.scores, width, nk, nq, value_tile,
                                   job->value_row_stride, value_dim_pad, w.rescale, w.acc, 1);
@@ -1173,7 +1197,7 @@ static void FN(gemm_panels)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptr
     for (ptrdiff_t p0 = 0; p0 < width; p0 += FA_PANEL)
         FN(gemm_packed)(a, a_row, a_col, rows, b + (p0 / FA_PANEL) * panel_depth * FA_PANEL,
                         FA_PANEL, width - p0 < FA_PANEL ? width - p0 : FA_PANEL, depth, c + p0,
-                        c_row, accumulate, NULL);
+                        c_row, accumulate, NULL, NULL);
 }
 
 void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memory)
@@ -1312,7 +1336,7 @@ void FN(fa_linear_tile)(const fa_linear_job *job, ptrdiff_t batch, ptrdiff_t row
                                                                      : FA_LINEAR_DEPTH_CHUNK;
         FN(gemm_packed)(x + e0 * job->x_col_stride, job->x_row_stride, job->x_col_stride, n_rows,
                         packed + e0 * panel, panel, width, ne,
-                        c, c_row, e0 > 0, NULL);
+                        c, c_row, e0 > 0, NULL, NULL);
     }
     const REAL *bias = job->bias ? (const REAL *)job->bias + col_start : NULL;
     if (in_place) {

@@ -643,4 +643,56 @@ FA_INLINE void fa_prefetch_row(const char *row, ptrdiff_t bytes)
     for (ptrdiff_t b = 512; b < bytes; b += 64) FA_PREFETCH(row + b);
 }
 
+/* The prefill's fetch ahead: rows of the operand a later product reads (the tile's
+ * values while its scores are computed, the next tile's keys while the values are
+ * summed) fetched into L2 a few lines per register block of the product running now,
+ * so that they are on chip, not in L3 or memory, when that product starts
+ * (1.01-1.05x, B1 H8 L 512-4096). */
+typedef struct {
+    const char *row;        /* the row being fetched */
+    ptrdiff_t row_stride;   /* bytes from one row to the next */
+    ptrdiff_t row_bytes;    /* bytes to fetch from each row */
+    ptrdiff_t offset;       /* the next byte of `row` to fetch */
+    ptrdiff_t rows_left;    /* rows after `row` */
+    int lines_per_block;    /* cache lines fetched per register block */
+} fa_fetch_ahead;
+
+/* n_rows rows of row_bytes, row_stride apart from `first`, spread over n_blocks
+ * register blocks of the product that runs meanwhile */
+FA_INLINE void fa_fetch_ahead_init(fa_fetch_ahead *ahead, const void *first,
+                                   ptrdiff_t row_stride, ptrdiff_t row_bytes,
+                                   ptrdiff_t n_rows, ptrdiff_t n_blocks)
+{
+    /* a row that starts inside a cache line ends in one more line */
+    const ptrdiff_t lines_per_row = (row_bytes + 63) / 64 + 1;
+    const ptrdiff_t lines = n_rows * lines_per_row;
+    ahead->row = (const char *)first;
+    ahead->row_stride = row_stride;
+    ahead->row_bytes = lines_per_row * 64;
+    ahead->offset = 0;
+    ahead->rows_left = n_rows > 0 ? n_rows - 1 : 0;
+    ahead->lines_per_block = n_rows > 0 && row_bytes > 0
+                             ? (int)((lines + n_blocks - 1) / (n_blocks > 0 ? n_blocks : 1)) : 0;
+}
+
+FA_INLINE void fa_fetch_some(fa_fetch_ahead *ahead)
+{
+    if (!ahead) return;
+    for (int i = 0; i < ahead->lines_per_block; ++i) {
+        if (ahead->offset >= ahead->row_bytes) {
+            if (ahead->rows_left == 0) {
+                ahead->lines_per_block = 0;
+                return;
+            }
+            ahead->row += ahead->row_stride;
+            ahead->offset = 0;
+            --ahead->rows_left;
+        }
+#if defined(__GNUC__) || defined(__clang__)
+        __builtin_prefetch(ahead->row + ahead->offset, 0, 1);   /* prefetcht1: into L2 */
+#endif
+        ahead->offset += 64;
+    }
+}
+
 #endif /* FA_SIMD_H */
