@@ -1003,8 +1003,8 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
             const ptrdiff_t next = k0 + job->tile_keys;
             const ptrdiff_t next_keys = key_end - next < job->tile_keys ? key_end - next
                                                                         : job->tile_keys;
-            fa_fetch_ahead_init(&ahead, (const char *)job->key
-                                        + next * job->key_row_stride * kv_bytes,
+            fa_fetch_ahead_init(&ahead, next_keys > 0 ? (const char *)job->key
+                                        + next * job->key_row_stride * kv_bytes : job->key,
                                 job->key_row_stride * kv_bytes,
                                 job->key_col_stride == 1 ? head_dim * kv_bytes : 0, next_keys,
                                 n_panels * (value_dim / FA_SCORE_ROWS)
