@@ -268,6 +268,13 @@ static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptr
                            cp + r * c_row, c_row, accumulate, scale)
     }
 }
+
+/* The whole register blocks gemm_packed runs for c of rows x width: each is followed
+ * by a step of its fetch ahead */
+static ptrdiff_t FN(gemm_blocks)(ptrdiff_t rows, ptrdiff_t width)
+{
+    return (width + FA_PANEL - 1) / FA_PANEL * (rows / FA_SCORE_ROWS);
+}
 #undef FA_GEMM_ROWS_CASE
 #undef FA_GEMM_LAST_BLOCK
 #undef FA_GEMM_LAST_BLOCK_4_TO_7
@@ -895,6 +902,20 @@ static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrd
     }
 }
 
+/* Rows [start, start + n_rows) of keys or values (`base`, strides in elements of
+ * element_bytes, as pack_rows reads them) fetched during n_blocks register blocks;
+ * nothing where a row is not contiguous or there are no rows */
+static void FN(fetch_kv_rows)(fa_fetch_ahead *ahead, const void *base, ptrdiff_t row_stride,
+                              ptrdiff_t col_stride, ptrdiff_t dim, ptrdiff_t element_bytes,
+                              ptrdiff_t start, ptrdiff_t n_rows, ptrdiff_t n_blocks)
+{
+    fa_fetch_ahead_init(ahead,
+                        n_rows > 0 ? (const char *)base + start * row_stride * element_bytes
+                                   : base,
+                        row_stride * element_bytes, col_stride == 1 ? dim * element_bytes : 0,
+                        n_rows, n_blocks);
+}
+
 void FN(fa_attend)(const fa_job *job, void *scratch_memory)
 {
     const ptrdiff_t nq = job->n_queries, q0 = job->query_start;
@@ -963,7 +984,6 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     const int values_in_place = decoding && job->value_col_stride == 1 &&
                                 value_dim == value_dim_pad;
 
-    const ptrdiff_t n_panels = (width + FA_PANEL - 1) / FA_PANEL;   /* of the products */
     fa_fetch_ahead ahead;
     for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
         const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
@@ -983,11 +1003,9 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
                                 key_row_stride, nk, w.scores, width);
         else {
             /* this tile's values, meanwhile */
-            fa_fetch_ahead_init(&ahead, (const char *)job->value
-                                        + k0 * job->value_row_stride * kv_bytes,
-                                job->value_row_stride * kv_bytes,
-                                job->value_col_stride == 1 ? value_dim * kv_bytes : 0, nk,
-                                n_panels * (nk / FA_SCORE_ROWS));
+            FN(fetch_kv_rows)(&ahead, job->value, job->value_row_stride,
+                              job->value_col_stride, value_dim, kv_bytes, k0, nk,
+                              FN(gemm_blocks)(nk, width));
             FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
                             w.packed_query, pitch, width, head_dim, w.scores, width, 0, NULL,
                             &ahead);
@@ -1003,12 +1021,10 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
             const ptrdiff_t next = k0 + job->tile_keys;
             const ptrdiff_t next_keys = key_end - next < job->tile_keys ? key_end - next
                                                                         : job->tile_keys;
-            fa_fetch_ahead_init(&ahead, next_keys > 0 ? (const char *)job->key
-                                        + next * job->key_row_stride * kv_bytes : job->key,
-                                job->key_row_stride * kv_bytes,
-                                job->key_col_stride == 1 ? head_dim * kv_bytes : 0, next_keys,
-                                n_panels * (value_dim / FA_SCORE_ROWS)
-                                * ((nk + FA_VALUE_CHUNK - 1) / FA_VALUE_CHUNK));
+            FN(fetch_kv_rows)(&ahead, job->key, job->key_row_stride, job->key_col_stride,
+                              head_dim, kv_bytes, next, next_keys,
+                              FN(gemm_blocks)(value_dim, width)
+                              * ((nk + FA_VALUE_CHUNK - 1) / FA_VALUE_CHUNK));
             FN(accumulate_values_t)(job, k0, nk, width, w.scores, w.rescale, w.packed_value,
                                     w.acc, pitch, &ahead);
         } else if (values_in_place) {
