@@ -122,16 +122,18 @@ def test_variants(rng, variant, cache_dtype):
     check(q, key_cache, value_cache, np.array([3, 116]), **VARIANTS[variant])
 
 
-@pytest.mark.parametrize("head_dim", [64, 70])
+# value dims of 3 and 5 AVX2 vectors: float16 values go in blocks of 3 vectors (up to
+# 4 rows), the others in blocks of 2
+@pytest.mark.parametrize("head_dim,value_dim", [(64, 24), (70, 40)])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
 @pytest.mark.parametrize("rows", range(1, 9))
-def test_every_row_count_of_the_decoding_path(simd, rng, rows, cache_dtype, head_dim):
+def test_every_row_count_of_the_decoding_path(simd, rng, rows, cache_dtype, head_dim, value_dim):
     """1 to 8 query rows per (batch, kv head) job: rows of S 1, 2, 4 or 8 wide (several
     keys to a vector, padding rows at 3, 5, 6, 7), cache lengths that leave a vector
     part-filled, and the variants whose masks act lane by lane."""
     group, n_new = (rows, 1) if rows % 2 else (rows // 2, 2)
     query_dtype = np.float64 if cache_dtype == np.float64 else np.float32
-    key_cache, value_cache = make_cache(rng, 2, 2, 300, head_dim, 24, cache_dtype)
+    key_cache, value_cache = make_cache(rng, 2, 2, 300, head_dim, value_dim, cache_dtype)
     q = rng.standard_normal((2, 2 * group, n_new, head_dim)).astype(query_dtype)
     lengths = np.array([37, 283])
     for variants in [{}, dict(is_causal=False, window=(40, 3)),

@@ -12,6 +12,12 @@ spell of a shared machine then slows both sides of a ratio.
 
 `mha` times MultiHeadAttention's forward instead (self-attention, batch 4, embed_dim =
 heads * head_dim, batch_first; `--weights` asks for the averaged weights too).
+`decode` times attention_with_kvcache: one query row per head over a full cache of
+`--length` keys (`--kv-heads` key/value heads for `--heads` query heads, the cache in
+`--cache-dtype`), and prints GB/s of cache read instead of GFLOP/s:
+
+    FASTATTN_SIMD=avx2 python tools/ab_builds.py decode /tmp/ab before,after \
+        --heads 32 --kv-heads 8 --length 32768 --cache-dtype float16
 
 A saved build is a copy of the package directory (its compiled extension included)
 renamed, so that both import side by side. Results are checked against the first
@@ -40,7 +46,7 @@ def save(directory, name):
 
 
 def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal,
-        weights=False):
+        weights=False, kv_heads=None, cache_dtype="float32"):
     sys.path.insert(0, str(directory))
     builds = [importlib.import_module(name) for name in names]
     rng = np.random.default_rng(0)
@@ -50,6 +56,14 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
         out, lse = builds[0].scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                           return_lse=True)
     mha_batch, embed_dim = 4, heads * head_dim
+    if kind == "decode":
+        kv_heads = kv_heads or heads
+        if cache_dtype == "bfloat16":
+            import ml_dtypes    # registers the dtype
+            cache_dtype = ml_dtypes.bfloat16
+        q = rng.standard_normal((1, heads, 1, head_dim), dtype=np.float32)
+        k, v = (rng.standard_normal((1, kv_heads, length, head_dim),
+                                    dtype=np.float32).astype(cache_dtype) for _ in range(2))
     if kind == "mha":
         x = rng.standard_normal((mha_batch, length, embed_dim), dtype=np.float32)
         modules = {build: build.MultiHeadAttention(embed_dim, heads, batch_first=True, seed=0)
@@ -61,6 +75,8 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
                                   attn_mask=None if not causal else
                                   np.triu(np.ones((length, length), bool), 1),
                                   num_threads=threads)
+        if kind == "decode":
+            return build.attention_with_kvcache(q, k, v, length, num_threads=threads)
         if kind == "forward":
             return build.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                       num_threads=threads)
@@ -71,7 +87,7 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
         got = call(build)
         if kind == "mha":
             return [got[0]] if got[1] is None else list(got)
-        return [got] if kind == "forward" else list(got)
+        return [got] if kind in ("forward", "decode") else list(got)
 
     expected = results(builds[0])
     for build in builds[1:]:
@@ -87,14 +103,19 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
     flops /= 2 if causal else 1
     if kind == "mha":    # the attention's, and the four projections'
         flops = mha_batch * (flops + 8 * length * embed_dim * embed_dim)
+    rate, unit = flops, "GFLOP/s"
+    if kind == "decode":
+        rate, unit = k.nbytes + v.nbytes, "GB/s"
     first = builds[0].__name__
     batch = f"N{mha_batch} E{embed_dim} H{heads}" if kind == "mha" else f"B1 H{heads}"
+    if kind == "decode":
+        batch += f"/{kv_heads} {np.dtype(cache_dtype).name} cache"
     print(f"{kind}, {batch} L{length} D{head_dim}{' causal' if causal else ''}"
           f"{' with weights' if weights else ''}, {threads} thread(s), {rounds} rounds")
     for name, ts in times.items():
         ratio = statistics.median(a / b for a, b in zip(times[first], ts))
         print(f"  {name:>12}: median {statistics.median(ts) * 1e3:8.2f} ms "
-              f"({flops / statistics.median(ts) / 1e9:6.1f} GFLOP/s), "
+              f"({rate / statistics.median(ts) / 1e9:6.1f} {unit}), "
               f"speed vs {first}: {ratio:.3f}x")
 
 
@@ -104,7 +125,7 @@ def main():
     p = sub.add_parser("save", help="copy the in-place build as an importable package")
     p.add_argument("directory")
     p.add_argument("name")
-    for kind in ("forward", "backward", "mha"):
+    for kind in ("forward", "backward", "mha", "decode"):
         p = sub.add_parser(kind, help=f"time the {kind} pass of saved builds, alternating")
         p.add_argument("directory")
         p.add_argument("names", help="comma-separated saved names; ratios are against the first")
@@ -116,13 +137,18 @@ def main():
         p.add_argument("--causal", action="store_true")
         if kind == "mha":
             p.add_argument("--weights", action="store_true")
+        if kind == "decode":
+            p.add_argument("--kv-heads", type=int, default=None)
+            p.add_argument("--cache-dtype", default="float32",
+                           help="float32, float16, or bfloat16 (with ml_dtypes)")
     args = parser.parse_args()
     if args.command == "save":
         save(args.directory, args.name)
     else:
         run(args.command, args.directory, args.names.split(","), args.head_dim, args.length,
             args.heads, args.threads, args.rounds, args.causal,
-            getattr(args, "weights", False))
+            getattr(args, "weights", False), getattr(args, "kv_heads", None),
+            getattr(args, "cache_dtype", "float32"))
 
 
 if __name__ == "__main__":

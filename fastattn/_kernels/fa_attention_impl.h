@@ -453,7 +453,7 @@ typedef void (*FN(value_fn))(FA_VALUE_ARGS);
                                  FA_VALUE_TABLE_VECS(5, h), FA_VALUE_TABLE_VECS(6, h),      \
                                  FA_VALUE_TABLE_VECS(7, h), FA_VALUE_TABLE_VECS(8, h) }
 /* [storage][rows - 1][vecs - 1]: the prefill's blocks and the decoding path's rows */
-#if FA_VALUE_ROWS > 8 || FA_DECODE_MAX_ROWS > 8 || FA_VALUE_VECS > 4
+#if FA_VALUE_ROWS > 8 || FA_DECODE_MAX_ROWS > 8 || FA_VALUE_VECS > 4 || FA_F16_VALUE_VECS > 4
 #  error "value_blocks has blocks of up to 8 rows and 4 vectors"
 #endif
 static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
@@ -477,6 +477,8 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
 {
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
+    const int block_vecs = storage == FA_STORAGE_F16 && n_queries <= FA_F16_VALUE_ROWS
+                           ? FA_F16_VALUE_VECS : FA_VALUE_VECS;
     for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
         const ptrdiff_t nk = n_keys - j0 < FA_VALUE_CHUNK ? n_keys - j0 : FA_VALUE_CHUNK;
         const REAL *p = probs + j0 * width;
@@ -485,8 +487,8 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
         /* values read in place: the first column block prefetches whole rows */
         const ptrdiff_t row_prefetch = prefetch && FA_PREFETCH_DISTANCE
                                        ? value_dim_pad * element_bytes : 0;
-        for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += FA_VALUE_VECS) {
-            const int vecs = (int)(n_vecs - c0 < FA_VALUE_VECS ? n_vecs - c0 : FA_VALUE_VECS);
+        for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += block_vecs) {
+            const int vecs = (int)(n_vecs - c0 < block_vecs ? n_vecs - c0 : block_vecs);
             const void *v = (const char *)value + (j0 * value_row + c0 * LANES) * element_bytes;
             REAL *a = acc + c0 * LANES;
             /* blocks of FA_VALUE_ROWS query rows, then the rows left (a few queries:
