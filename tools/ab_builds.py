@@ -50,13 +50,7 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
     sys.path.insert(0, str(directory))
     builds = [importlib.import_module(name) for name in names]
     rng = np.random.default_rng(0)
-    shape = (1, heads, length, head_dim)
-    q, k, v, grad_out = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
-    if kind == "backward":
-        out, lse = builds[0].scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                                          return_lse=True)
-    mha_batch, embed_dim = 4, heads * head_dim
-    if kind == "decode":
+    if kind == "decode":    # one query row per head, a full cache of `length` keys
         kv_heads = kv_heads or heads
         if cache_dtype == "bfloat16":
             import ml_dtypes    # registers the dtype
@@ -64,6 +58,13 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
         q = rng.standard_normal((1, heads, 1, head_dim), dtype=np.float32)
         k, v = (rng.standard_normal((1, kv_heads, length, head_dim),
                                     dtype=np.float32).astype(cache_dtype) for _ in range(2))
+    else:
+        shape = (1, heads, length, head_dim)
+        q, k, v, grad_out = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
+    if kind == "backward":
+        out, lse = builds[0].scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                          return_lse=True)
+    mha_batch, embed_dim = 4, heads * head_dim
     if kind == "mha":
         x = rng.standard_normal((mha_batch, length, embed_dim), dtype=np.float32)
         modules = {build: build.MultiHeadAttention(embed_dim, heads, batch_first=True, seed=0)
@@ -142,6 +143,8 @@ def main():
             p.add_argument("--cache-dtype", default="float32",
                            help="float32, float16, or bfloat16 (with ml_dtypes)")
     args = parser.parse_args()
+    if args.command == "decode" and args.causal:
+        parser.error("decode: one query row at the end of the cache is causal already")
     if args.command == "save":
         save(args.directory, args.name)
     else:
