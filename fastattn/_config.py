@@ -31,6 +31,7 @@ def config():
         "simd_supported": list(_simd.available()),
         "simd_active": _simd.active(),
         "lanes_float32": _sdpa.lanes(_simd.active(), False),
+        "cache_prefetch": _simd.cache_prefetch(),
         "openmp": _sdpa.openmp_enabled(),
         "threads": _sdpa.max_threads(),
         "blas": "none: own SIMD micro-kernels for both matrix products",
@@ -47,6 +48,8 @@ def show_config():
     lanes = info["lanes_float32"]
     width = "portable C, 1 lane" if lanes == 1 else f"{lanes} float32 lanes"
     print(f"  SIMD path active:     {info['simd_active']} ({width})  (FASTATTN_SIMD to force)")
+    print(f"  decoding prefetch:    into {info['cache_prefetch'].upper()} "
+          f"(FASTATTN_CACHE_PREFETCH to force)")
     print(f"  OpenMP:               {'on' if info['openmp'] else 'off'}, "
           f"{info['threads']} thread(s) by default (OMP_NUM_THREADS)")
     print(f"  BLAS:                 {info['blas']}")

@@ -13,6 +13,8 @@ cdef extern from "fa_attention.h" nogil:
         FA_ISA_AVX2
         FA_ISA_AVX512
         FA_N_ISAS
+        FA_PREFETCH_INTO_L1
+        FA_PREFETCH_INTO_L2
 
     Py_ssize_t FA_UNBOUNDED
 
@@ -39,6 +41,7 @@ cdef extern from "fa_attention.h" nogil:
         Py_ssize_t query_start, n_queries
         Py_ssize_t n_keys, head_dim, value_dim
         Py_ssize_t tile_queries, tile_keys
+        int cache_prefetch
         double scale
 
     ctypedef struct fa_backward_job:
@@ -91,6 +94,7 @@ cdef extern from "fa_attention.h" nogil:
 
     const fa_kernel_table *fa_kernel_table_for(int isa)
     int fa_cpu_supports(int isa)
+    int fa_cpu_cache_prefetch()
     void *fa_thread_scratch(size_t bytes)
 
 cdef extern from "fa_openmp.h" nogil:

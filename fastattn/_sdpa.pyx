@@ -14,9 +14,10 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from fastattn._kernels cimport (
-    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_STORAGE_BF16, FA_STORAGE_F16,
-    FA_STORAGE_NATIVE,
-    FA_UNBOUNDED, fa_attend_fn, fa_backward_fn, fa_backward_job, fa_cpu_supports, fa_merge_fn,
+    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_PREFETCH_INTO_L1,
+    FA_PREFETCH_INTO_L2, FA_STORAGE_BF16, FA_STORAGE_F16, FA_STORAGE_NATIVE,
+    FA_UNBOUNDED, fa_attend_fn, fa_backward_fn, fa_backward_job, fa_cpu_cache_prefetch,
+    fa_cpu_supports, fa_merge_fn,
     fa_thread_scratch, fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
     fa_openmp_enabled, fa_openmp_max_threads,
 )
@@ -35,6 +36,15 @@ def built_isas():
 def cpu_supports(str name):
     """Whether this CPU can run the kernels built for ``name``."""
     return bool(fa_cpu_supports(ISA_NAMES.index(name)))
+
+
+# where the decoding path's software prefetch puts the cache rows it streams
+CACHE_PREFETCH_NAMES = ("l1", "l2")     # indexed by FA_PREFETCH_INTO_L1, _L2
+
+
+def cpu_cache_prefetch():
+    """The cache prefetch that suits this CPU (measured: "l2" on AMD, "l1" on Intel)."""
+    return CACHE_PREFETCH_NAMES[fa_cpu_cache_prefetch()]
 
 
 def lanes(str name, bint is_f64):
@@ -73,6 +83,9 @@ cdef class Problem:
     ``query_offsets`` (int64, broadcast to ``batch_shape``: per-batch key counts
     and query positions, overriding ``n_keys`` and ``query_offset``).
 
+    ``isa`` and ``cache_prefetch`` say how the kernels run (``fastattn._simd``), not
+    what they compute.
+
     Query row r sits at key position ``query_offset + r // rows_per_position``
     (rows_per_position > 1: the rows of a GQA group's heads, position-major).
     ``n_splits`` > 1 splits each job's keys into that many chunks run in parallel
@@ -98,11 +111,12 @@ cdef class Problem:
     cdef public Py_ssize_t query_offset, rows_per_position, window_left, window_right
     cdef public bint average_heads
     cdef public Py_ssize_t tile_queries, tile_keys, n_splits
-    cdef public str isa
+    cdef public str isa, cache_prefetch
     cdef public int num_threads
 
     def __init__(self, *, query, key, value, out, batch_shape, double scale, str isa,
-                 int num_threads, Py_ssize_t tile_queries, Py_ssize_t tile_keys,
+                 str cache_prefetch, int num_threads, Py_ssize_t tile_queries,
+                 Py_ssize_t tile_keys,
                  tuple head_repeats=(1, 1), mask=None, int mask_kind=FA_MASK_NONE,
                  weights=None, bint average_heads=False, lse=None,
                  Py_ssize_t query_offset=0, Py_ssize_t rows_per_position=1,
@@ -119,6 +133,7 @@ cdef class Problem:
         self.kv_storage = (FA_STORAGE_NATIVE if key.dtype.itemsize != 2 else
                            FA_STORAGE_BF16 if key.dtype.name == "bfloat16" else FA_STORAGE_F16)
         self.scale, self.isa, self.num_threads = scale, isa, num_threads
+        self.cache_prefetch = cache_prefetch
         self.tile_queries, self.tile_keys, self.n_splits = tile_queries, tile_keys, n_splits
         self.mask, self.mask_kind = mask, mask_kind
         self.weights, self.average_heads, self.lse = weights, average_heads, lse
@@ -281,6 +296,7 @@ cdef void _fill_template(Problem problem, fa_job *template):
     template.value_dim = problem.value_dim
     template.tile_queries = problem.tile_queries
     template.tile_keys = problem.tile_keys
+    template.cache_prefetch = CACHE_PREFETCH_NAMES.index(problem.cache_prefetch)
     template.scale = problem.scale
 
 

@@ -409,6 +409,7 @@ def scaled_dot_product_attention_backward(grad_output, query, key, value, output
         out=output, lse=np.ascontiguousarray(arrays["lse"]), grad_out=grad_out,
         grad_query=grad_query, grad_key=grad_key, grad_value=grad_value, n_splits=n_splits,
         tile_queries=tile_queries, tile_keys=_tiles["backward_keys"], isa=isa,
+        cache_prefetch=_simd.cache_prefetch(),
         num_threads=threads, **fields))
     grad_key = grad_key.sum(axis=0) if n_splits > 1 else grad_key[0]
     grad_value = grad_value.sum(axis=0) if n_splits > 1 else grad_value[0]
@@ -542,6 +543,7 @@ def _attend(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thre
     _sdpa.attend(_sdpa.Problem(
         out=out, weights=weights, average_heads=average_heads,
         lse=lse, tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa,
+        cache_prefetch=_simd.cache_prefetch(),
         num_threads=threads, **fields))
     if result_dtype != q.dtype:
         out, weights, lse = (None if a is None else a.astype(result_dtype)
@@ -563,5 +565,6 @@ def _attend_matrices(query, key, value, scale):
                     else -(-max(n_queries, 1) // lanes) * lanes)
     _sdpa.attend(_sdpa.Problem(query=query, key=key, value=value, out=out, weights=weights,
                                batch_shape=(), scale=float(scale), tile_queries=tile_queries,
-                               tile_keys=_tiles["keys"], isa=isa, num_threads=1))
+                               tile_keys=_tiles["keys"], isa=isa,
+                               cache_prefetch=_simd.cache_prefetch(), num_threads=1))
     return out, weights

@@ -218,7 +218,8 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
         query_offsets=lengths[:, None], key_lengths=key_lengths[:, None],   # (B, 1): per batch
         rows_per_position=group, window_left=window_left, window_right=window_right,
         softcap=softcap, alibi_slopes=slopes, n_splits=n_splits,
-        tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa, num_threads=threads))
+        tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa,
+        cache_prefetch=_simd.cache_prefetch(), num_threads=threads))
 
     out = (out_rows.reshape(n_batch, n_kv_heads, n_new, group, value_dim).transpose(0, 1, 3, 2, 4)
            .reshape(n_batch, n_query_heads, n_new, value_dim).astype(q.dtype, copy=False))

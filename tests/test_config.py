@@ -1,4 +1,4 @@
-"""show_config and the FASTATTN_SIMD override."""
+"""show_config and the FASTATTN_SIMD and FASTATTN_CACHE_PREFETCH overrides."""
 import os
 import subprocess
 import sys
@@ -20,6 +20,7 @@ def test_show_config_lists_paths_threads_and_blas(capsys):
     assert fastattn.__version__ in text
     assert "baseline" in text
     assert f"SIMD path active:     {_simd.active()} (" in text
+    assert f"decoding prefetch:    into {_simd.cache_prefetch().upper()}" in text
     assert "OpenMP:" in text and "BLAS:" in text
 
 
@@ -34,6 +35,34 @@ def test_fastattn_simd_rejects_unknown_names():
     result = run_python("import fastattn", FASTATTN_SIMD="neon9")
     assert result.returncode != 0
     assert "FASTATTN_SIMD='neon9'" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["l1", "l2"])
+def test_fastattn_cache_prefetch_forces_a_target(name):
+    result = run_python("import fastattn._simd as s; print(s.cache_prefetch())",
+                        FASTATTN_CACHE_PREFETCH=name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == name
+
+
+def test_fastattn_cache_prefetch_rejects_unknown_names():
+    result = run_python("import fastattn", FASTATTN_CACHE_PREFETCH="l3")
+    assert result.returncode != 0
+    assert "FASTATTN_CACHE_PREFETCH='l3'" in result.stderr
+    with pytest.raises(ValueError, match="unknown cache prefetch 'l3'"):
+        with _simd.forced_cache_prefetch("l3"):
+            pass
+
+
+def test_the_default_cache_prefetch_follows_the_cpu_vendor():
+    with open("/proc/cpuinfo") as cpuinfo:
+        text = cpuinfo.read()
+    if "AuthenticAMD" not in text and "GenuineIntel" not in text:
+        pytest.skip("neither an AMD nor an Intel CPU")
+    expected = "l2" if "AuthenticAMD" in text else "l1"
+    result = run_python("import fastattn._simd as s; print(s.cache_prefetch())",
+                        FASTATTN_CACHE_PREFETCH="")
+    assert result.stdout.strip() == expected
 
 
 def test_omp_num_threads_is_the_default():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastattn import attention_with_kvcache, kvcache
+from fastattn import _simd, attention_with_kvcache, kvcache
 from tests.cases import BFLOAT16, STORAGE_16
 from tests.reference import reference_attention_full
 
@@ -140,6 +140,20 @@ def test_every_row_count_of_the_decoding_path(simd, rng, rows, cache_dtype, head
                      dict(window=(60, 0), softcap=4.0,
                           alibi_slopes=np.linspace(0.02, 0.3, 2 * group))]:
         check(q, key_cache, value_cache, lengths, **variants)
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
+def test_the_cache_prefetch_target_never_changes_results(simd, rng, cache_dtype):
+    """Decoding's software prefetch goes into L1 or L2 by CPU (_simd.cache_prefetch):
+    both are run here, whichever this CPU gets, and must agree to the bit."""
+    query_dtype = np.float64 if cache_dtype == np.float64 else np.float32
+    key_cache, value_cache = make_cache(rng, 2, 2, 700, 128, 72, cache_dtype)
+    q = rng.standard_normal((2, 8, 1, 128)).astype(query_dtype)
+    results = {}
+    for target in ("l1", "l2"):
+        with _simd.forced_cache_prefetch(target):
+            results[target] = check(q, key_cache, value_cache, np.array([650, 699]))
+    np.testing.assert_array_equal(results["l1"], results["l2"])
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -15,6 +15,9 @@ enum { FA_MASK_NONE = 0, FA_MASK_BOOL = 1, FA_MASK_ADDITIVE = 2 };
  * (float kernels only) */
 enum { FA_STORAGE_NATIVE = 0, FA_STORAGE_F16 = 1, FA_STORAGE_BF16 = 2 };
 enum { FA_ISA_BASELINE = 0, FA_ISA_AVX2 = 1, FA_ISA_AVX512 = 2, FA_N_ISAS = 3 };
+/* where the decoding path's software prefetch puts the cache rows it streams: the
+ * best differs by CPU (fa_cpu_cache_prefetch) */
+enum { FA_PREFETCH_INTO_L1 = 0, FA_PREFETCH_INTO_L2 = 1 };
 
 /* A side of the band of keys a query may see that has no bound (window side
  * None or -1): far enough that positions +- it never overflow. */
@@ -54,6 +57,7 @@ typedef struct {
     ptrdiff_t n_keys, head_dim, value_dim;
     ptrdiff_t tile_queries;  /* scratch was sized for this many rows (multiple of lanes) */
     ptrdiff_t tile_keys;     /* keys per inner step */
+    int cache_prefetch;      /* FA_PREFETCH_INTO_*: decoding's software prefetch */
     double scale;
 } fa_job;
 
@@ -120,6 +124,8 @@ typedef struct {
 const fa_kernel_table *fa_kernel_table_for(int isa);
 /* 1 when this CPU (and OS) can run the kernels built for `isa`. */
 int fa_cpu_supports(int isa);
+/* The FA_PREFETCH_INTO_* that suits this CPU: into L2 on AMD, into L1 elsewhere. */
+int fa_cpu_cache_prefetch(void);
 /* This thread's scratch buffer of at least `bytes`, kept between calls (NULL when
  * out of memory); never freed by the caller. */
 void *fa_thread_scratch(size_t bytes);

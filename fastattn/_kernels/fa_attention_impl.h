@@ -165,7 +165,7 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
                                const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
                                const void *value, ptrdiff_t value_row,
                                const REAL *rescale, REAL *acc, ptrdiff_t acc_row,
-                               ptrdiff_t prefetch_bytes)
+                               ptrdiff_t prefetch_bytes, int into_l2)
 {
     const ptrdiff_t row_bytes = value_row * (storage ? 2 : (ptrdiff_t)sizeof(REAL));
     const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
@@ -192,11 +192,18 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
     } while (0)
     /* two loops, not a test per key: the test and the prefetch's dispatch in the one
      * loop spilled its counters to the stack */
-    if (prefetch_bytes) {
+    if (prefetch_bytes && into_l2) {
         /* the value row some way on, from memory (rows read in place stream through
          * once): the caller's first column block asks for the whole row */
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
-            fa_prefetch_row((const char *)value + (j + ahead) * row_bytes, prefetch_bytes);
+            FA_PREFETCH_ROW(FA_PREFETCH_L2, (const char *)value + (j + ahead) * row_bytes,
+                            prefetch_bytes);
+            FA_VALUE_STEP(j);
+        }
+    } else if (prefetch_bytes) {
+        for (ptrdiff_t j = 0; j < n_keys; ++j) {
+            FA_PREFETCH_ROW(FA_PREFETCH_L1, (const char *)value + (j + ahead) * row_bytes,
+                            prefetch_bytes);
             FA_VALUE_STEP(j);
         }
     } else {
@@ -292,7 +299,7 @@ static ptrdiff_t FN(gemm_blocks)(ptrdiff_t rows, ptrdiff_t width)
  * `query` are padded with zeros to head_dim_pad. */
 FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *query,
                               ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
-                              ptrdiff_t n_keys, REAL *scores, ptrdiff_t width)
+                              ptrdiff_t n_keys, REAL *scores, ptrdiff_t width, int into_l2)
 {
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     const ptrdiff_t row_bytes = key_row * element_bytes;
@@ -307,9 +314,9 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
         /* the keys some way on, from memory (the tile streams through once) */
         if (prefetch_bytes) {
             fa_prefetch_row((const char *)key + (k0 + ahead * key_row) * element_bytes,
-                            prefetch_bytes);
+                            prefetch_bytes, into_l2);
             fa_prefetch_row((const char *)key + (k1 + ahead * key_row) * element_bytes,
-                            prefetch_bytes);
+                            prefetch_bytes, into_l2);
         }
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
             const VREAL x0 = FA_LOAD_KV(storage, key, k0 + c);
@@ -346,7 +353,8 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
  * zero; keys short of a whole vector go row by row (dot_scores). */
 FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int storage,
                                      const REAL *query, ptrdiff_t head_dim_pad, const void *key,
-                                     ptrdiff_t key_row, ptrdiff_t n_keys, REAL *scores)
+                                     ptrdiff_t key_row, ptrdiff_t n_keys, REAL *scores,
+                                     int into_l2)
 {
     if (width > LANES) return;   /* never called so: no instance for it */
     const int keys_per_vector = LANES / width;
@@ -363,7 +371,8 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
         if (prefetch_bytes)
 #pragma GCC unroll 16
             for (int k = 0; k < keys_per_vector; ++k)
-                fa_prefetch_row((const char *)key + (j + k + ahead) * row_bytes, prefetch_bytes);
+                fa_prefetch_row((const char *)key + (j + k + ahead) * row_bytes, prefetch_bytes,
+                                into_l2);
         /* up to 4 keys at a time along the head dim: 16 keys' row pointers at once
          * (one query row) spilled registers */
 #pragma GCC unroll 4
@@ -388,18 +397,19 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
     }
     if (j < n_keys)
         FN(dot_scores)(rows, storage, query, head_dim_pad, (const char *)key + j * row_bytes,
-                       key_row, n_keys - j, scores + j * width, width);
+                       key_row, n_keys - j, scores + j * width, width, into_l2);
 }
 
 static void FN(dot_scores_rows)(ptrdiff_t rows, int storage, const REAL *query,
                                 ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
-                                ptrdiff_t n_keys, REAL *scores, ptrdiff_t width)
+                                ptrdiff_t n_keys, REAL *scores, ptrdiff_t width, int into_l2)
 {
     if (width <= LANES) {
         switch (rows + 100 * storage) {
 #define FA_DOT_NARROW_AS(n, w, s) \
         case n + 100 * s: FN(dot_scores_narrow)(n, w, REAL_IS_FLOAT ? s : 0, query,          \
-                                                head_dim_pad, key, key_row, n_keys, scores); \
+                                                head_dim_pad, key, key_row, n_keys, scores, \
+                                                into_l2);                                   \
                           return;
 #define FA_DOT_NARROW(n, w) FA_DOT_NARROW_AS(n, w, FA_STORAGE_NATIVE)      \
                             FA_DOT_NARROW_AS(n, w, FA_STORAGE_F16)         \
@@ -414,7 +424,7 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int storage, const REAL *query,
     switch (rows + 100 * storage) {
 #define FA_DOT_ROWS_AS(n, s) case n + 100 * s:                                            \
         FN(dot_scores)(n, REAL_IS_FLOAT ? s : 0, query, head_dim_pad, key, key_row, n_keys, \
-                       scores, width); break;
+                       scores, width, into_l2); break;
 #define FA_DOT_ROWS(n) FA_DOT_ROWS_AS(n, FA_STORAGE_NATIVE) FA_DOT_ROWS_AS(n, FA_STORAGE_F16) \
                        FA_DOT_ROWS_AS(n, FA_STORAGE_BF16)
     FA_DOT_ROWS(1) FA_DOT_ROWS(2) FA_DOT_ROWS(3) FA_DOT_ROWS(4)
@@ -430,12 +440,12 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int storage, const REAL *query,
  * (the key counter lived on the stack: a store-to-load chain per key). */
 #define FA_VALUE_ARGS const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys, const void *value, \
                       ptrdiff_t value_row, const REAL *rescale, REAL *acc, ptrdiff_t acc_row,   \
-                      ptrdiff_t prefetch_bytes
+                      ptrdiff_t prefetch_bytes, int into_l2
 #define FA_VALUE_FN(v, r, h)                                                                  \
     FA_NOINLINE void FN(value_block_##v##_##r##_##h)(FA_VALUE_ARGS)                           \
     {                                                                                         \
         FN(value_block)(v, r, REAL_IS_FLOAT ? h : 0, probs, width, n_keys, value, value_row, \
-                        rescale, acc, acc_row, prefetch_bytes);                               \
+                        rescale, acc, acc_row, prefetch_bytes, into_l2);                      \
     }
 #define FA_VALUE_FNS(r, h) FA_VALUE_FN(1, r, h) FA_VALUE_FN(2, r, h) FA_VALUE_FN(3, r, h) \
                            FA_VALUE_FN(4, r, h)
@@ -473,7 +483,7 @@ static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
 static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_t width,
                                   ptrdiff_t n_keys, ptrdiff_t n_queries, const void *value,
                                   ptrdiff_t value_row, ptrdiff_t value_dim_pad,
-                                  const REAL *rescale, REAL *acc, int prefetch)
+                                  const REAL *rescale, REAL *acc, int prefetch, int into_l2)
 {
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
@@ -498,7 +508,8 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
                                                                      : FA_VALUE_ROWS;
                 FN(value_blocks)[storage][rows - 1][vecs - 1](
                     p + i, width, nk, v, value_row, shrink ? shrink + i : NULL,
-                    a + i * value_dim_pad, value_dim_pad, c0 == 0 ? row_prefetch : 0);
+                    a + i * value_dim_pad, value_dim_pad, c0 == 0 ? row_prefetch : 0,
+                    into_l2);
             }
         }
     }
@@ -932,6 +943,8 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
     /* a few rows (decoding): scores as dot products, from row-major Q */
     const int decoding = LANES > 1 && nq <= FA_DECODE_MAX_ROWS;
+    /* where decoding's software prefetch puts the cache rows it streams */
+    const int into_l2 = job->cache_prefetch == FA_PREFETCH_INTO_L2;
     /* A row of S holds `width` query columns: whole vectors, or when decoding the
      * rows rounded up to a power of two, LANES / width keys to a vector when that
      * is narrower (the softmax's exp then runs on scores, not on padding: with one
@@ -1002,7 +1015,7 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         /* S (nk x width) = K_j . Qt */
         if (decoding)
             FN(dot_scores_rows)(nq, key_storage, w.query_rows, head_dim_pad, key_tile,
-                                key_row_stride, nk, w.scores, width);
+                                key_row_stride, nk, w.scores, width, into_l2);
         else {
             /* this tile's values, meanwhile */
             FN(fetch_kv_rows)(&ahead, job->value, job->value_row_stride,
@@ -1031,11 +1044,12 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
                                     w.acc, pitch, &ahead);
         } else if (values_in_place) {
             FN(accumulate_values)(storage, w.scores, width, nk, nq, value_tile,
-                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc, 1);
+                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc, 1,
+                                  into_l2);
         } else {
             FN(pack_values)(job, k0, nk, value_dim_pad, w.packed_value);
             FN(accumulate_values)(0, w.scores, width, nk, nq, w.packed_value, value_dim_pad,
-                                  value_dim_pad, w.rescale, w.acc, 0);
+                                  value_dim_pad, w.rescale, w.acc, 0, 0);
         }
     }
 

@@ -71,6 +71,17 @@ int fa_cpu_supports(int isa)
     return 0;
 }
 
+int fa_cpu_cache_prefetch(void)
+{
+    /* measured, float32 decoding over a cache 16x the size of L3: prefetching into L2
+     * ran 0.85-0.92x on Intel Ice Lake, 1.7-2.0x on AMD Zen 4 */
+#if defined(FA_HAVE_X86_ISAS) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_is("amd")) return FA_PREFETCH_INTO_L2;
+#endif
+    return FA_PREFETCH_INTO_L1;
+}
+
 #if defined(_MSC_VER) && !defined(__clang__)
 #  define FA_THREAD_LOCAL __declspec(thread)
 #else

@@ -625,32 +625,41 @@ FA_INLINE vf64 transpose_sums_f64(const vf64 *x) {
 #ifndef FA_PREFETCH_DISTANCE
 #  define FA_PREFETCH_DISTANCE 6144
 #endif
-#ifndef FA_PREFETCH_LOCALITY
-#  define FA_PREFETCH_LOCALITY 3   /* __builtin_prefetch's: 3 = into L1 (prefetcht0) */
-#endif
+/* ... and where it puts the rows, chosen per CPU at run time (fa_job.cache_prefetch,
+ * fa_cpu_cache_prefetch): into L1 (prefetcht0) on Intel, where into L2 ran float32
+ * decoding 8-15% slower (Ice Lake); into L2 (prefetcht2) on AMD, where into L1 ran it
+ * at 0.58x (Zen 4: L1's stream of prefetches stalled the loads behind it). */
 #if defined(__GNUC__) || defined(__clang__)
-#  define FA_PREFETCH(address) __builtin_prefetch(address, 0, FA_PREFETCH_LOCALITY)
+#  define FA_PREFETCH_L1(address) __builtin_prefetch(address, 0, 3)
+#  define FA_PREFETCH_L2(address) __builtin_prefetch(address, 0, 1)
 #else
-#  define FA_PREFETCH(address) ((void)0)
+#  define FA_PREFETCH_L1(address) ((void)0)
+#  define FA_PREFETCH_L2(address) ((void)0)
 #endif
 
-/* Prefetch `bytes` from `row` (a row some way ahead): straight-line code up to 8
- * cache lines (a D = 128 row in float32), so that a short row costs its prefetches
- * and not a loop's bookkeeping, which in the value product spilled registers. */
-FA_INLINE void fa_prefetch_row(const char *row, ptrdiff_t bytes)
+/* Prefetch `bytes` from `row` (a row some way ahead), into L2 or L1: straight-line
+ * code up to 8 cache lines (a D = 128 row in float32), so that a short row costs its
+ * prefetches and not a loop's bookkeeping, which in the value product spilled
+ * registers. */
+#define FA_PREFETCH_ROW(PREFETCH, row, bytes)                              \
+    do {                                                                   \
+        switch ((bytes) > 448 ? 8 : ((bytes) + 63) / 64) {                 \
+        case 8: PREFETCH((row) + 448); /* fall through */                  \
+        case 7: PREFETCH((row) + 384); /* fall through */                  \
+        case 6: PREFETCH((row) + 320); /* fall through */                  \
+        case 5: PREFETCH((row) + 256); /* fall through */                  \
+        case 4: PREFETCH((row) + 192); /* fall through */                  \
+        case 3: PREFETCH((row) + 128); /* fall through */                  \
+        case 2: PREFETCH((row) + 64);  /* fall through */                  \
+        case 1: PREFETCH(row);         /* fall through */                  \
+        default: break;                                                    \
+        }                                                                  \
+        for (ptrdiff_t b_ = 512; b_ < (bytes); b_ += 64) PREFETCH((row) + b_); \
+    } while (0)
+FA_INLINE void fa_prefetch_row(const char *row, ptrdiff_t bytes, int into_l2)
 {
-    switch (bytes > 448 ? 8 : (bytes + 63) / 64) {
-    case 8: FA_PREFETCH(row + 448); /* fall through */
-    case 7: FA_PREFETCH(row + 384); /* fall through */
-    case 6: FA_PREFETCH(row + 320); /* fall through */
-    case 5: FA_PREFETCH(row + 256); /* fall through */
-    case 4: FA_PREFETCH(row + 192); /* fall through */
-    case 3: FA_PREFETCH(row + 128); /* fall through */
-    case 2: FA_PREFETCH(row + 64);  /* fall through */
-    case 1: FA_PREFETCH(row);       /* fall through */
-    default: break;
-    }
-    for (ptrdiff_t b = 512; b < bytes; b += 64) FA_PREFETCH(row + b);
+    if (into_l2) FA_PREFETCH_ROW(FA_PREFETCH_L2, row, bytes);
+    else FA_PREFETCH_ROW(FA_PREFETCH_L1, row, bytes);
 }
 
 /* The prefill's fetch ahead: rows of the operand a later product reads (the tile's
@@ -701,9 +710,7 @@ FA_INLINE void fa_fetch_some(fa_fetch_ahead *ahead)
             ahead->offset = 0;
             --ahead->rows_left;
         }
-#if defined(__GNUC__) || defined(__clang__)
-        __builtin_prefetch(ahead->row + ahead->offset, 0, 1);   /* prefetcht1: into L2 */
-#endif
+        FA_PREFETCH_L2(ahead->row + ahead->offset);
         ahead->offset += 64;
     }
 }
