@@ -13,8 +13,6 @@ cdef extern from "fa_attention.h" nogil:
         FA_ISA_AVX2
         FA_ISA_AVX512
         FA_N_ISAS
-        FA_PREFETCH_INTO_L1
-        FA_PREFETCH_INTO_L2
 
     Py_ssize_t FA_UNBOUNDED
 

@@ -14,8 +14,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from fastattn._kernels cimport (
-    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_PREFETCH_INTO_L1,
-    FA_PREFETCH_INTO_L2, FA_STORAGE_BF16, FA_STORAGE_F16, FA_STORAGE_NATIVE,
+    FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_STORAGE_BF16, FA_STORAGE_F16,
+    FA_STORAGE_NATIVE,
     FA_UNBOUNDED, fa_attend_fn, fa_backward_fn, fa_backward_job, fa_cpu_cache_prefetch,
     fa_cpu_supports, fa_merge_fn,
     fa_thread_scratch, fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
@@ -39,7 +39,7 @@ def cpu_supports(str name):
 
 
 # where the decoding path's software prefetch puts the cache rows it streams
-CACHE_PREFETCH_NAMES = ("l1", "l2")     # indexed by FA_PREFETCH_INTO_L1, _L2
+CACHE_PREFETCH_NAMES = ("l1", "l2")     # indexed by FA_PREFETCH_INTO_L1, _L2 (fa_attention.h)
 
 
 def cpu_cache_prefetch():

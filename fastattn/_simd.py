@@ -31,62 +31,55 @@ def _check(name):
     return name
 
 
-def _initial():
-    forced = os.environ.get("FASTATTN_SIMD", "").strip().lower()
-    if forced:
-        try:
-            return _check(forced)
-        except ValueError as err:
-            raise ImportError(f"FASTATTN_SIMD={forced!r}: {err}") from None
-    return available()[0]
+def _check_cache_prefetch(name):
+    if name not in _sdpa.CACHE_PREFETCH_NAMES:
+        raise ValueError(f"unknown cache prefetch {name!r}; expected one of "
+                         f"{_sdpa.CACHE_PREFETCH_NAMES}")
+    return name
 
 
-_active = _initial()
+def _from_environment(variable, check, default):
+    """The choice the environment variable names (checked), else ``default()``; a
+    name that fails its check fails the import."""
+    forced_name = os.environ.get(variable, "").strip().lower()
+    if not forced_name:
+        return default()
+    try:
+        return check(forced_name)
+    except ValueError as err:
+        raise ImportError(f"{variable}={forced_name!r}: {err}") from None
+
+
+# the choices in force now
+_chosen = {"isa": _from_environment("FASTATTN_SIMD", _check, lambda: available()[0]),
+           "cache_prefetch": _from_environment("FASTATTN_CACHE_PREFETCH", _check_cache_prefetch,
+                                               _sdpa.cpu_cache_prefetch)}
+
+
+@contextlib.contextmanager
+def _overridden(choice, value):
+    previous, _chosen[choice] = _chosen[choice], value
+    try:
+        yield value
+    finally:
+        _chosen[choice] = previous
 
 
 def active():
     """The instruction set the kernels use now."""
-    return _active
+    return _chosen["isa"]
 
 
-@contextlib.contextmanager
 def forced(name):
     """Run the enclosed code with the kernels for ``name`` (for tests and benchmarks)."""
-    global _active
-    previous, _active = _active, _check(name)
-    try:
-        yield name
-    finally:
-        _active = previous
-
-
-def _initial_cache_prefetch():
-    forced = os.environ.get("FASTATTN_CACHE_PREFETCH", "").strip().lower()
-    if forced:
-        if forced not in _sdpa.CACHE_PREFETCH_NAMES:
-            raise ImportError(f"FASTATTN_CACHE_PREFETCH={forced!r}: expected one of "
-                              f"{_sdpa.CACHE_PREFETCH_NAMES}")
-        return forced
-    return _sdpa.cpu_cache_prefetch()
-
-
-_cache_prefetch = _initial_cache_prefetch()
+    return _overridden("isa", _check(name))
 
 
 def cache_prefetch():
     """Where the decoding path's software prefetch puts cache rows now: "l1" or "l2"."""
-    return _cache_prefetch
+    return _chosen["cache_prefetch"]
 
 
-@contextlib.contextmanager
 def forced_cache_prefetch(name):
     """Run the enclosed code with decoding's prefetch into ``name`` ("l1" or "l2")."""
-    global _cache_prefetch
-    if name not in _sdpa.CACHE_PREFETCH_NAMES:
-        raise ValueError(f"unknown cache prefetch {name!r}; expected one of "
-                         f"{_sdpa.CACHE_PREFETCH_NAMES}")
-    previous, _cache_prefetch = _cache_prefetch, name
-    try:
-        yield name
-    finally:
-        _cache_prefetch = previous
+    return _overridden("cache_prefetch", _check_cache_prefetch(name))

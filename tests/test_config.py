@@ -24,9 +24,12 @@ def test_show_config_lists_paths_threads_and_blas(capsys):
     assert "OpenMP:" in text and "BLAS:" in text
 
 
-@pytest.mark.parametrize("name", _simd.available())
-def test_fastattn_simd_forces_a_path(name):
-    result = run_python("import fastattn._simd as s; print(s.active())", FASTATTN_SIMD=name)
+@pytest.mark.parametrize("variable,getter,name",
+                         [("FASTATTN_SIMD", "active", name) for name in _simd.available()]
+                         + [("FASTATTN_CACHE_PREFETCH", "cache_prefetch", name)
+                            for name in ("l1", "l2")])
+def test_the_environment_forces_a_choice(variable, getter, name):
+    result = run_python(f"import fastattn._simd as s; print(s.{getter}())", **{variable: name})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == name
 
@@ -35,14 +38,6 @@ def test_fastattn_simd_rejects_unknown_names():
     result = run_python("import fastattn", FASTATTN_SIMD="neon9")
     assert result.returncode != 0
     assert "FASTATTN_SIMD='neon9'" in result.stderr
-
-
-@pytest.mark.parametrize("name", ["l1", "l2"])
-def test_fastattn_cache_prefetch_forces_a_target(name):
-    result = run_python("import fastattn._simd as s; print(s.cache_prefetch())",
-                        FASTATTN_CACHE_PREFETCH=name)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == name
 
 
 def test_fastattn_cache_prefetch_rejects_unknown_names():

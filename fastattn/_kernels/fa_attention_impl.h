@@ -190,8 +190,8 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
             for (int c = 0; c < vecs; ++c) a[r][c] += v[c] * p;                            \
         }                                                                                  \
     } while (0)
-    /* two loops, not a test per key: the test and the prefetch's dispatch in the one
-     * loop spilled its counters to the stack */
+    /* a loop per prefetch target and one without, not a test per key: the test and
+     * the prefetch's dispatch in the one loop spilled its counters to the stack */
     if (prefetch_bytes && into_l2) {
         /* the value row some way on, from memory (rows read in place stream through
          * once): the caller's first column block asks for the whole row */
