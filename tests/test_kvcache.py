@@ -142,8 +142,9 @@ def test_every_row_count_of_the_decoding_path(simd, rng, rows, cache_dtype, head
         check(q, key_cache, value_cache, lengths, **variants)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
-def test_the_cache_prefetch_target_never_changes_results(simd, rng, cache_dtype):
+def test_the_cache_prefetch_target_never_changes_results(simd, rng, cache_dtype, threads):
     """Decoding's software prefetch goes into L1 or L2 by CPU (_simd.cache_prefetch):
     both are run here, whichever this CPU gets, and must agree to the bit."""
     query_dtype = np.float64 if cache_dtype == np.float64 else np.float32
@@ -152,7 +153,8 @@ def test_the_cache_prefetch_target_never_changes_results(simd, rng, cache_dtype)
     results = {}
     for target in ("l1", "l2"):
         with _simd.forced_cache_prefetch(target):
-            results[target] = check(q, key_cache, value_cache, np.array([650, 699]))
+            results[target] = check(q, key_cache, value_cache, np.array([650, 699]),
+                                    num_threads=threads)
     np.testing.assert_array_equal(results["l1"], results["l2"])
 
 
