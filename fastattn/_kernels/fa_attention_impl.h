@@ -160,15 +160,15 @@ FA_INLINE void FN(gemm_block)(const int vecs, const int rows,
 
 /* acc[r] = acc[r] * rescale[r] + sum_j probs[j][r] * value[j] for a rows x
  * (vecs * LANES) block of the accumulator; probs is the transposed P; a NULL
- * rescale leaves the accumulator as it is. */
+ * rescale leaves the accumulator as it is. With prefetch_bytes, key j first
+ * prefetches that many bytes at prefetch_at + j * prefetch_stride, into L2 or L1. */
 FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage,
                                const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys,
                                const void *value, ptrdiff_t value_row,
                                const REAL *rescale, REAL *acc, ptrdiff_t acc_row,
-                               ptrdiff_t prefetch_from, ptrdiff_t prefetch_bytes, int into_l2)
+                               const char *prefetch_at, ptrdiff_t prefetch_stride,
+                               ptrdiff_t prefetch_bytes, int into_l2)
 {
-    const ptrdiff_t row_bytes = value_row * (storage ? 2 : (ptrdiff_t)sizeof(REAL));
-    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
     VREAL a[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
 #pragma GCC unroll 8
     for (int r = 0; r < rows; ++r)
@@ -193,19 +193,13 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
     /* a loop per prefetch target and one without, not a test per key: the test and
      * the prefetch's dispatch in the one loop spilled its counters to the stack */
     if (prefetch_bytes && into_l2) {
-        /* the value row some way on, from memory (rows read in place stream through
-         * once): the caller splits each row's cache lines among its column blocks */
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
-            FA_PREFETCH_ROW(FA_PREFETCH_L2,
-                            (const char *)value + (j + ahead) * row_bytes + prefetch_from,
-                            prefetch_bytes);
+            FA_PREFETCH_ROW(FA_PREFETCH_L2, prefetch_at + j * prefetch_stride, prefetch_bytes);
             FA_VALUE_STEP(j);
         }
     } else if (prefetch_bytes) {
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
-            FA_PREFETCH_ROW(FA_PREFETCH_L1,
-                            (const char *)value + (j + ahead) * row_bytes + prefetch_from,
-                            prefetch_bytes);
+            FA_PREFETCH_ROW(FA_PREFETCH_L1, prefetch_at + j * prefetch_stride, prefetch_bytes);
             FA_VALUE_STEP(j);
         }
     } else {
@@ -442,12 +436,14 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int storage, const REAL *query,
  * (the key counter lived on the stack: a store-to-load chain per key). */
 #define FA_VALUE_ARGS const REAL *probs, ptrdiff_t width, ptrdiff_t n_keys, const void *value, \
                       ptrdiff_t value_row, const REAL *rescale, REAL *acc, ptrdiff_t acc_row,   \
-                      ptrdiff_t prefetch_from, ptrdiff_t prefetch_bytes, int into_l2
+                      const char *prefetch_at, ptrdiff_t prefetch_stride,                      \
+                      ptrdiff_t prefetch_bytes, int into_l2
 #define FA_VALUE_FN(v, r, h)                                                                  \
     FA_NOINLINE void FN(value_block_##v##_##r##_##h)(FA_VALUE_ARGS)                           \
     {                                                                                         \
         FN(value_block)(v, r, REAL_IS_FLOAT ? h : 0, probs, width, n_keys, value, value_row, \
-                        rescale, acc, acc_row, prefetch_from, prefetch_bytes, into_l2);       \
+                        rescale, acc, acc_row, prefetch_at, prefetch_stride, prefetch_bytes, \
+                        into_l2);                                                             \
     }
 #define FA_VALUE_FNS(r, h) FA_VALUE_FN(1, r, h) FA_VALUE_FN(2, r, h) FA_VALUE_FN(3, r, h) \
                            FA_VALUE_FN(4, r, h)
@@ -481,7 +477,16 @@ static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
 /* The decoding path's value product (the prefill's is accumulate_values_t):
  * acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
  * The keys are walked in chunks of FA_VALUE_CHUNK so that the panel of V a
- * register block streams through (chunk x block width) stays in L1. */
+ * register block streams through (chunk x block width) stays in L1; a chunk takes
+ * a pass per block of columns.
+ * Values read in place (`prefetch`) are fetched ahead of the passes:
+ * - into L2 (fa_job.cache_prefetch; AMD): the next chunk's rows, as one run of
+ *   consecutive lines, a share of it during each pass. The first pass fetching
+ *   whole rows a few rows ahead (as into L1) left memory idle through the other
+ *   passes and sent it lines a row apart (Zen 4, 2 threads, S = 32768: float32
+ *   avx2 1.33-1.42x, avx512 0.98-1.03x; 16-bit 1.07x avx512, 1.33x avx2);
+ * - into L1 (Intel): whole rows FA_PREFETCH_DISTANCE ahead, during the first
+ *   pass (a chunk ahead would not stay in L1), as tuned on Ice Lake. */
 static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_t width,
                                   ptrdiff_t n_keys, ptrdiff_t n_queries, const void *value,
                                   ptrdiff_t value_row, ptrdiff_t value_dim_pad,
@@ -489,36 +494,36 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
 {
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
+    const ptrdiff_t row_bytes = value_row * element_bytes;
     const int block_vecs = storage == FA_STORAGE_F16 && n_queries <= FA_F16_VALUE_ROWS
                            ? FA_F16_VALUE_VECS : FA_VALUE_VECS;
+    const ptrdiff_t n_passes = (n_vecs + block_vecs - 1) / block_vecs;
+    /* into L2: the bytes of the next chunk each key of a pass fetches, whole lines */
+    const ptrdiff_t stream_step = ((row_bytes + n_passes - 1) / n_passes + 63) & ~(ptrdiff_t)63;
+    const ptrdiff_t rows_ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
+    prefetch = prefetch && FA_PREFETCH_DISTANCE;
     for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
         const ptrdiff_t nk = n_keys - j0 < FA_VALUE_CHUNK ? n_keys - j0 : FA_VALUE_CHUNK;
         const REAL *p = probs + j0 * width;
         /* the accumulator shrinks once, on the first chunk */
         const REAL *shrink = j0 == 0 ? rescale : NULL;
-        const char *first_row = (const char *)value + j0 * value_row * element_bytes;
-        const ptrdiff_t misalign = (ptrdiff_t)((uintptr_t)first_row & 63);
-        /* the offset in the row of the first cache line that starts at or after x */
-#define FA_LINE_AT_OR_AFTER(x) ((((x) + misalign + 63) & ~(ptrdiff_t)63) - misalign)
+        const char *chunk = (const char *)value + j0 * row_bytes;
+        const char *next_chunk = chunk + nk * row_bytes;
+        next_chunk -= (uintptr_t)next_chunk & 63;
         for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += block_vecs) {
             const int vecs = (int)(n_vecs - c0 < block_vecs ? n_vecs - c0 : block_vecs);
-            const ptrdiff_t begin = c0 * LANES * element_bytes;
-            const ptrdiff_t end = begin + vecs * LANES * element_bytes;
-            const void *v = first_row + begin;
+            const void *v = chunk + c0 * LANES * element_bytes;
             REAL *a = acc + c0 * LANES;
-            /* values read in place: a float32/float64 column block prefetches the
-             * cache lines of the row some way on that start within its columns, so
-             * that prefetches flow through every pass (the first block asking for
-             * whole rows left memory idle through the others: Zen 4, float32
-             * 1.08-1.14x); 16-bit rows, half the bytes and passes busy converting,
-             * ran 0.91-0.96x so and are asked for whole by the first block */
-            const int spread = storage == FA_STORAGE_NATIVE;
-            const ptrdiff_t from = c0 == 0 ? -misalign : FA_LINE_AT_OR_AFTER(begin);
-            const ptrdiff_t to = FA_LINE_AT_OR_AFTER(spread ? end
-                                                            : n_vecs * LANES * element_bytes);
-            const ptrdiff_t pass_prefetch =
-                prefetch && FA_PREFETCH_DISTANCE && (spread || c0 == 0) && to > from
-                ? to - from : 0;
+            const char *prefetch_at = NULL;
+            ptrdiff_t prefetch_stride = 0, prefetch_bytes = 0;
+            if (prefetch && into_l2) {
+                prefetch_at = next_chunk + c0 / block_vecs * nk * stream_step;
+                prefetch_stride = prefetch_bytes = stream_step;
+            } else if (prefetch && c0 == 0) {
+                prefetch_at = chunk + rows_ahead * row_bytes;
+                prefetch_stride = row_bytes;
+                prefetch_bytes = value_dim_pad * element_bytes;
+            }
             /* blocks of FA_VALUE_ROWS query rows, then the rows left (a few queries:
              * decoding) as one block, each V row loaded once for all of them */
             for (ptrdiff_t i = 0; i < n_queries; i += FA_VALUE_ROWS) {
@@ -526,12 +531,11 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
                                                                      : FA_VALUE_ROWS;
                 FN(value_blocks)[storage][rows - 1][vecs - 1](
                     p + i, width, nk, v, value_row, shrink ? shrink + i : NULL,
-                    a + i * value_dim_pad, value_dim_pad, from - begin,
-                    i == 0 ? pass_prefetch : 0, into_l2);
+                    a + i * value_dim_pad, value_dim_pad, prefetch_at, prefetch_stride,
+                    i == 0 ? prefetch_bytes : 0, into_l2);
             }
         }
     }
-#undef FA_LINE_AT_OR_AFTER
 }
 
 /* ALiBi and the band for rows of S narrower than a vector (decoding): lane l holds
