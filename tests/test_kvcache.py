@@ -158,6 +158,30 @@ def test_the_cache_prefetch_target_never_changes_results(simd, rng, cache_dtype,
     np.testing.assert_array_equal(results["l1"], results["l2"])
 
 
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
+def test_a_cache_with_rows_apart(simd, rng, cache_dtype):
+    """A (B, S, H, D) cache seen as (B, H, S, D): each head's rows lie H rows apart
+    (the value product prefetches them row by row, not as one run): the same results
+    and the same in-place append as a contiguous cache, both prefetch targets."""
+    query_dtype = np.float64 if cache_dtype == np.float64 else np.float32
+    kv_heads, max_len = 3, 500
+    key_cache = rng.standard_normal((2, max_len, kv_heads, 40)).astype(cache_dtype)
+    value_cache = rng.standard_normal((2, max_len, kv_heads, 72)).astype(cache_dtype)
+    key_view, value_view = (c.transpose(0, 2, 1, 3) for c in (key_cache, value_cache))
+    q = rng.standard_normal((2, 6, 2, 40)).astype(query_dtype)
+    new_k = rng.standard_normal((2, kv_heads, 2, 40)).astype(query_dtype)
+    new_v = rng.standard_normal((2, kv_heads, 2, 72)).astype(query_dtype)
+    lengths = np.array([470, 498])
+    contiguous = [np.ascontiguousarray(view) for view in (key_view, value_view)]
+    for target in ("l1", "l2"):
+        with _simd.forced_cache_prefetch(target):
+            out = check(q, key_view, value_view, lengths, new_k, new_v)
+            np.testing.assert_array_equal(
+                out, attention_with_kvcache(q, *contiguous, lengths, new_k, new_v))
+    np.testing.assert_array_equal(key_view, contiguous[0])   # appended in place
+    np.testing.assert_array_equal(value_view, contiguous[1])
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cache_dtype", [np.float32] + STORAGE_16)
 def test_split_kv_gives_the_same_result(rng, monkeypatch, cache_dtype, threads):

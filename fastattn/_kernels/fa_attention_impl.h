@@ -498,8 +498,13 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
     const int block_vecs = storage == FA_STORAGE_F16 && n_queries <= FA_F16_VALUE_ROWS
                            ? FA_F16_VALUE_VECS : FA_VALUE_VECS;
     const ptrdiff_t n_passes = (n_vecs + block_vecs - 1) / block_vecs;
-    /* into L2: the bytes of the next chunk each key of a pass fetches, whole lines */
-    const ptrdiff_t stream_step = ((row_bytes + n_passes - 1) / n_passes + 63) & ~(ptrdiff_t)63;
+    /* into L2: the bytes of the next chunk each key of a pass fetches, whole lines:
+     * rows back to back are one run; rows apart (a (B, S, H, D) cache seen as
+     * (B, H, S, D)) each give a share of the lines they use */
+    const ptrdiff_t used_bytes = value_dim_pad * element_bytes;
+    const int one_run = row_bytes <= used_bytes;
+    const ptrdiff_t run_bytes = one_run ? row_bytes : used_bytes + 64;  /* + a line: misaligned */
+    const ptrdiff_t stream_step = ((run_bytes + n_passes - 1) / n_passes + 63) & ~(ptrdiff_t)63;
     const ptrdiff_t rows_ahead = FA_PREFETCH_DISTANCE / (row_bytes > 0 ? row_bytes : 1) + 1;
     prefetch = prefetch && FA_PREFETCH_DISTANCE;
     for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
@@ -508,7 +513,7 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
         /* the accumulator shrinks once, on the first chunk */
         const REAL *shrink = j0 == 0 ? rescale : NULL;
         const char *chunk = (const char *)value + j0 * row_bytes;
-        const char *next_chunk = chunk + nk * row_bytes;
+        const char *next_chunk = chunk + nk * row_bytes;   /* its first row's first line */
         next_chunk -= (uintptr_t)next_chunk & 63;
         for (ptrdiff_t c0 = 0; c0 < n_vecs; c0 += block_vecs) {
             const int vecs = (int)(n_vecs - c0 < block_vecs ? n_vecs - c0 : block_vecs);
@@ -516,9 +521,14 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
             REAL *a = acc + c0 * LANES;
             const char *prefetch_at = NULL;
             ptrdiff_t prefetch_stride = 0, prefetch_bytes = 0;
-            if (prefetch && into_l2) {
-                prefetch_at = next_chunk + c0 / block_vecs * nk * stream_step;
+            const ptrdiff_t streamed = c0 / block_vecs * stream_step;  /* by earlier passes */
+            if (prefetch && into_l2 && one_run) {
+                prefetch_at = next_chunk + nk * streamed;
                 prefetch_stride = prefetch_bytes = stream_step;
+            } else if (prefetch && into_l2 && streamed < run_bytes) {
+                prefetch_at = next_chunk + streamed;
+                prefetch_stride = row_bytes;
+                prefetch_bytes = stream_step;
             } else if (prefetch && c0 == 0) {
                 prefetch_at = chunk + rows_ahead * row_bytes;
                 prefetch_stride = row_bytes;
