@@ -14,7 +14,8 @@ spell of a shared machine then slows both sides of a ratio.
 heads * head_dim, batch_first; `--weights` asks for the averaged weights too).
 `decode` times attention_with_kvcache: one query row per head over a full cache of
 `--length` keys (`--kv-heads` key/value heads for `--heads` query heads, the cache in
-`--cache-dtype`), and prints GB/s of cache read instead of GFLOP/s:
+`--cache-dtype`; `--heads-inside`: a (B, S, H, D) cache passed transposed, each head's
+rows H rows apart), and prints GB/s of cache read instead of GFLOP/s:
 
     FASTATTN_SIMD=avx2 python tools/ab_builds.py decode /tmp/ab before,after \
         --heads 32 --kv-heads 8 --length 32768 --cache-dtype float16
@@ -46,7 +47,7 @@ def save(directory, name):
 
 
 def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal,
-        weights=False, kv_heads=None, cache_dtype="float32"):
+        weights=False, kv_heads=None, cache_dtype="float32", heads_inside=False):
     sys.path.insert(0, str(directory))
     builds = [importlib.import_module(name) for name in names]
     rng = np.random.default_rng(0)
@@ -56,8 +57,13 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
             import ml_dtypes    # registers the dtype
             cache_dtype = ml_dtypes.bfloat16
         q = rng.standard_normal((1, heads, 1, head_dim), dtype=np.float32)
-        k, v = (rng.standard_normal((1, kv_heads, length, head_dim),
-                                    dtype=np.float32).astype(cache_dtype) for _ in range(2))
+        # --heads-inside: a (B, S, H, D) cache passed as (B, H, S, D), rows H apart
+        cache_shape = (1, length, kv_heads, head_dim) if heads_inside else (1, kv_heads,
+                                                                            length, head_dim)
+        k, v = (rng.standard_normal(cache_shape, dtype=np.float32).astype(cache_dtype)
+                for _ in range(2))
+        if heads_inside:
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     else:
         shape = (1, heads, length, head_dim)
         q, k, v, grad_out = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
@@ -111,6 +117,7 @@ def run(kind, directory, names, head_dim, length, heads, threads, rounds, causal
     batch = f"N{mha_batch} E{embed_dim} H{heads}" if kind == "mha" else f"B1 H{heads}"
     if kind == "decode":
         batch += f"/{kv_heads} {np.dtype(cache_dtype).name} cache"
+        batch += " (B, S, H, D)" if heads_inside else ""
     print(f"{kind}, {batch} L{length} D{head_dim}{' causal' if causal else ''}"
           f"{' with weights' if weights else ''}, {threads} thread(s), {rounds} rounds")
     for name, ts in times.items():
@@ -142,6 +149,8 @@ def main():
             p.add_argument("--kv-heads", type=int, default=None)
             p.add_argument("--cache-dtype", default="float32",
                            help="float32, float16, or bfloat16 (with ml_dtypes)")
+            p.add_argument("--heads-inside", action="store_true",
+                           help="a (B, S, H, D) cache passed as (B, H, S, D)")
     args = parser.parse_args()
     if args.command == "decode" and args.causal:
         parser.error("decode: one query row at the end of the cache is causal already")
@@ -151,7 +160,7 @@ def main():
         run(args.command, args.directory, args.names.split(","), args.head_dim, args.length,
             args.heads, args.threads, args.rounds, args.causal,
             getattr(args, "weights", False), getattr(args, "kv_heads", None),
-            getattr(args, "cache_dtype", "float32"))
+            getattr(args, "cache_dtype", "float32"), getattr(args, "heads_inside", False))
 
 
 if __name__ == "__main__":
