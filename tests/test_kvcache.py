@@ -54,7 +54,7 @@ def check(q, key_cache, value_cache, lengths, new_k=None, new_v=None, num_thread
         # 16-bit storage, float32 accumulation: relative to the largest |v|, plus the
         # output's rounding to a bfloat16 query's dtype (8 bits)
         rounding = 2.0 ** -9 if q.dtype == BFLOAT16 else 0
-        atol = (1e-3 + rounding) * np.abs(value_cache.astype(np.float32)).max()
+        atol = (1e-3 + rounding) * np.abs(value_cache.astype(np.float32)).max(initial=0)
         np.testing.assert_allclose(out.astype(np.float64), exp_out, rtol=0, atol=atol)
         finite = np.isfinite(exp_lse)
         np.testing.assert_allclose(lse[finite].astype(np.float64), exp_lse[finite],
@@ -180,6 +180,18 @@ def test_a_cache_with_rows_apart(simd, rng, cache_dtype):
                 out, attention_with_kvcache(q, *contiguous, lengths, new_k, new_v))
     np.testing.assert_array_equal(key_view, contiguous[0])   # appended in place
     np.testing.assert_array_equal(value_view, contiguous[1])
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32] + STORAGE_16)
+@pytest.mark.parametrize("head_dim, value_dim", [(0, 16), (16, 0), (0, 0)])
+def test_empty_head_or_value_dims(simd, rng, cache_dtype, head_dim, value_dim):
+    """No key dims: every score 0, so each query averages the filled values; no value
+    dims: an empty output (the prefetch distances divide by these widths)."""
+    key_cache, value_cache = make_cache(rng, 2, 2, 50, head_dim, value_dim, cache_dtype)
+    q = rng.standard_normal((2, 4, 1, head_dim)).astype(np.float32)
+    for target in ("l1", "l2"):
+        with _simd.forced_cache_prefetch(target):
+            check(q, key_cache, value_cache, np.array([40, 50]))
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -301,7 +301,7 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
     const ptrdiff_t prefetch_bytes = FA_PREFETCH_DISTANCE ? head_dim_pad * element_bytes : 0;
     /* a distance in the bytes read, not in the rows' stride (rows apart: a (B, S, H, D)
      * cache seen as (B, H, S, D) was prefetched 2 rows ahead) */
-    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (head_dim_pad * element_bytes) + 1;
+    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (prefetch_bytes > 0 ? prefetch_bytes : 1) + 1;
     ptrdiff_t j = 0;
     for (; j + 2 <= n_keys; j += 2) {
         VREAL a0[FA_DECODE_MAX_ROWS], a1[FA_DECODE_MAX_ROWS];
@@ -359,7 +359,7 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
     const ptrdiff_t row_bytes = key_row * element_bytes;
     const ptrdiff_t prefetch_bytes = FA_PREFETCH_DISTANCE ? head_dim_pad * element_bytes : 0;
     /* as dot_scores */
-    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (head_dim_pad * element_bytes) + 1;
+    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (prefetch_bytes > 0 ? prefetch_bytes : 1) + 1;
     ptrdiff_t j = 0;
     for (; j + keys_per_vector <= n_keys; j += keys_per_vector) {
         VREAL acc[LANES];
@@ -499,7 +499,7 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
     const ptrdiff_t row_bytes = value_row * element_bytes;
     const int block_vecs = storage == FA_STORAGE_F16 && n_queries <= FA_F16_VALUE_ROWS
                            ? FA_F16_VALUE_VECS : FA_VALUE_VECS;
-    const ptrdiff_t n_passes = (n_vecs + block_vecs - 1) / block_vecs;
+    const ptrdiff_t n_passes = n_vecs > 0 ? (n_vecs + block_vecs - 1) / block_vecs : 1;
     /* into L2: the bytes of the next chunk each key of a pass fetches, whole lines:
      * rows back to back are one run; rows apart (a (B, S, H, D) cache seen as
      * (B, H, S, D)) each give a share of the lines they use */
@@ -507,7 +507,7 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
     const int one_run = row_bytes <= used_bytes;
     const ptrdiff_t run_bytes = one_run ? row_bytes : used_bytes + 64;  /* + a line: misaligned */
     const ptrdiff_t stream_step = ((run_bytes + n_passes - 1) / n_passes + 63) & ~(ptrdiff_t)63;
-    const ptrdiff_t rows_ahead = FA_PREFETCH_DISTANCE / used_bytes + 1;   /* as dot_scores */
+    const ptrdiff_t rows_ahead = FA_PREFETCH_DISTANCE / (used_bytes > 0 ? used_bytes : 1) + 1;
     prefetch = prefetch && FA_PREFETCH_DISTANCE;
     for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
         const ptrdiff_t nk = n_keys - j0 < FA_VALUE_CHUNK ? n_keys - j0 : FA_VALUE_CHUNK;
