@@ -524,17 +524,14 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
             const char *prefetch_at = NULL;
             ptrdiff_t prefetch_stride = 0, prefetch_bytes = 0;
             const ptrdiff_t streamed = c0 / block_vecs * stream_step;  /* by earlier passes */
-            if (prefetch && into_l2 && one_run) {
-                prefetch_at = next_chunk + nk * streamed;
-                prefetch_stride = prefetch_bytes = stream_step;
-            } else if (prefetch && into_l2 && streamed < run_bytes) {
-                prefetch_at = next_chunk + streamed;
-                prefetch_stride = row_bytes;
+            if (prefetch && into_l2 && streamed < run_bytes) {   /* lines left to fetch */
+                prefetch_at = next_chunk + (one_run ? nk * streamed : streamed);
+                prefetch_stride = one_run ? stream_step : row_bytes;
                 prefetch_bytes = stream_step;
-            } else if (prefetch && c0 == 0) {
+            } else if (prefetch && !into_l2 && c0 == 0) {
                 prefetch_at = chunk + rows_ahead * row_bytes;
                 prefetch_stride = row_bytes;
-                prefetch_bytes = value_dim_pad * element_bytes;
+                prefetch_bytes = used_bytes;
             }
             /* blocks of FA_VALUE_ROWS query rows, then the rows left (a few queries:
              * decoding) as one block, each V row loaded once for all of them */
