@@ -320,7 +320,8 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
             const VREAL x1 = FA_LOAD_KV(storage, key, k1 + c);
 #pragma GCC unroll 8
             for (int r = 0; r < rows; ++r) {
-                const VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
+                VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
+                FA_IN_REGISTER(q);
                 a0[r] += x0 * q;
                 a1[r] += x1 * q;
             }
@@ -385,7 +386,8 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
                     x[k] = FA_LOAD_KV(storage, block, k * key_row + c);
 #pragma GCC unroll 8
                 for (int r = 0; r < rows; ++r) {
-                    const VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
+                    VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
+                    FA_IN_REGISTER(q);
 #pragma GCC unroll 4
                     for (int k = 0; k < n_block; ++k) acc[(k0 + k) * width + r] += x[k] * q;
                 }

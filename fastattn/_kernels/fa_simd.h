@@ -96,6 +96,15 @@
 #  define FA_NOINLINE static __attribute__((noinline))
 #endif
 
+/* Keep a vector loaded once in a register: GCC otherwise folds its load into every
+ * FMA that uses it (a load per use), and loads, not FMAs, then bound a loop that
+ * reuses a few vectors, as the decoding dot products' query rows. */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(FA_PORTABLE)
+#  define FA_IN_REGISTER(x) __asm__("" : "+v"(x))
+#else
+#  define FA_IN_REGISTER(x) ((void)0)
+#endif
+
 #if defined(FA_PORTABLE)
 typedef float vf32;
 typedef int32_t vi32;
