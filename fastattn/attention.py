@@ -105,6 +105,8 @@ def _query_tile(n_queries, n_batch, threads, lanes, band=_sdpa.UNBOUNDED):
     kernel's vector lanes. A tile of T rows under a band of ``band`` keys per
     query visits about T + band keys for band useful ones, so narrow windows get
     shorter tiles (``_tiles["band_rows"]`` rows per key of band, measured)."""
+    if n_queries <= lanes:     # one tile of one vector's rows (decoding): no arithmetic
+        return lanes
     def round_up(n, m):
         return -(-n // m) * m
     most_rows = min(_tiles["queries"], max(_tiles["min_band_rows"],

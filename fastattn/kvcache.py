@@ -49,25 +49,32 @@ def _cache_array(array, name):
 
 
 def _check_seqlens(cache_seqlens, n_batch):
+    """cache_seqlens as a (B, 1) int64 array (one per batch row, as the kernels read
+    it), and its largest value as an int."""
+    if type(cache_seqlens) is int:    # the common case: no array ops but one fill
+        if cache_seqlens < 0:
+            raise ValueError(f"cache_seqlens must be >= 0, got {[cache_seqlens] * n_batch}")
+        lengths = np.empty((n_batch, 1), dtype=np.int64)
+        lengths.fill(cache_seqlens)
+        return lengths, cache_seqlens if n_batch else 0
     if isinstance(cache_seqlens, bool):
         raise TypeError(f"cache_seqlens must be an int or a (B,) integer array, got "
                         f"{cache_seqlens!r}")
-    if isinstance(cache_seqlens, numbers.Integral):   # the common case, without array ops
-        if cache_seqlens < 0:
-            raise ValueError(f"cache_seqlens must be >= 0, got {[int(cache_seqlens)] * n_batch}")
-        return np.full(n_batch, int(cache_seqlens), dtype=np.int64)
+    if isinstance(cache_seqlens, numbers.Integral):
+        return _check_seqlens(int(cache_seqlens), n_batch)
     lengths = np.asarray(cache_seqlens)
     if lengths.dtype == np.bool_ or lengths.dtype.kind not in "iu":
         raise TypeError(f"cache_seqlens must be an int or a (B,) integer array, got dtype "
                         f"{lengths.dtype}")
     if lengths.ndim == 0:
-        lengths = np.full(n_batch, int(lengths), dtype=np.int64)
+        return _check_seqlens(int(lengths), n_batch)
     if lengths.shape != (n_batch,):
         raise ValueError(f"cache_seqlens must be an int or have shape (B,) = ({n_batch},), "
                          f"got shape {lengths.shape}")
     if (lengths < 0).any():
         raise ValueError(f"cache_seqlens must be >= 0, got {lengths.tolist()}")
-    return lengths.astype(np.int64)
+    lengths = lengths.astype(np.int64).reshape(n_batch, 1)
+    return lengths, int(lengths.max(initial=0))
 
 
 def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=None, value=None,
@@ -134,10 +141,10 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     if n_kv_heads == 0 or n_query_heads % n_kv_heads:
         raise ValueError(f"query heads ({n_query_heads}) must be a multiple of the cache's "
                          f"heads ({n_kv_heads}); shapes query {q.shape}, key_cache {k_cache.shape}")
-    lengths = _check_seqlens(cache_seqlens, n_batch)
-    if (lengths > max_len).any():
-        raise ValueError(f"cache_seqlens {lengths.tolist()} pass the cache length S_max = "
-                         f"{max_len}")
+    lengths, longest = _check_seqlens(cache_seqlens, n_batch)
+    if longest > max_len:
+        raise ValueError(f"cache_seqlens {lengths[:, 0].tolist()} pass the cache length "
+                         f"S_max = {max_len}")
 
     appending = key is not None or value is not None
     if appending:
@@ -155,10 +162,10 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
             if not cache.flags.writeable:
                 raise ValueError(f"{name} is read-only: the new keys and values are written "
                                  f"into the cache in place")
-        if (lengths + n_new > max_len).any():
+        if longest + n_new > max_len:
             raise ValueError(
-                f"appending {n_new} keys at cache_seqlens {lengths.tolist()} would pass the "
-                f"cache length S_max = {max_len}; nothing was written")
+                f"appending {n_new} keys at cache_seqlens {lengths[:, 0].tolist()} would pass "
+                f"the cache length S_max = {max_len}; nothing was written")
 
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim) if head_dim else 1.0
@@ -184,10 +191,11 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     threads = _thread_count(num_threads)
 
     if appending:   # validated above: nothing is written unless everything fits
-        for b, start in enumerate(lengths):
+        for b, start in enumerate(lengths[:, 0].tolist()):
             k_cache[b, :, start:start + n_new] = new_k[b]
             v_cache[b, :, start:start + n_new] = new_v[b]
-    key_lengths = lengths + (n_new if appending else 0)
+    added = n_new if appending else 0
+    key_lengths = lengths + added if added else lengths
 
     # the query rows of each group, position-major: row i * group + a is head a's row i
     compute_dtype = np.float64 if q.dtype == np.float64 else np.float32
@@ -207,7 +215,7 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     n_tiles = -(-n_rows // tile_queries)
     # split-KV when the (batch, kv head, tile) jobs cannot keep the threads busy
     jobs = n_batch * n_kv_heads * n_tiles
-    visited = int(min(int(key_lengths.max(initial=0)), window_left + window_right + n_new))
+    visited = min(longest + added, window_left + window_right + n_new)
     n_splits = 1
     if jobs < 2 * threads:
         n_splits = max(1, min(-(-2 * threads // max(jobs, 1)), visited // _MIN_SPLIT_KEYS))
@@ -215,7 +223,7 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     _sdpa.attend(_sdpa.Problem(
         query=rows, key=k_cache, value=v_cache, out=out_rows, lse=lse_rows,
         batch_shape=(n_batch, n_kv_heads), scale=float(scale),
-        query_offsets=lengths[:, None], key_lengths=key_lengths[:, None],   # (B, 1): per batch
+        query_offsets=lengths, key_lengths=key_lengths,   # (B, 1): one per batch row
         rows_per_position=group, window_left=window_left, window_right=window_right,
         softcap=softcap, alibi_slopes=slopes, n_splits=n_splits,
         tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa,
