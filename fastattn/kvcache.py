@@ -191,9 +191,13 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     threads = _thread_count(num_threads)
 
     if appending:   # validated above: nothing is written unless everything fits
-        for b, start in enumerate(lengths[:, 0].tolist()):
-            k_cache[b, :, start:start + n_new] = new_k[b]
-            v_cache[b, :, start:start + n_new] = new_v[b]
+        if n_batch == 1 or isinstance(cache_seqlens, numbers.Integral):   # one slot for all
+            k_cache[:, :, longest:longest + n_new] = new_k
+            v_cache[:, :, longest:longest + n_new] = new_v
+        else:
+            for b, start in enumerate(lengths[:, 0].tolist()):
+                k_cache[b, :, start:start + n_new] = new_k[b]
+                v_cache[b, :, start:start + n_new] = new_v[b]
     added = n_new if appending else 0
     key_lengths = lengths + added if added else lengths
 

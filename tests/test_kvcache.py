@@ -317,3 +317,20 @@ def test_against_torch(rng, heads):
             torch.from_numpy(q), torch.from_numpy(key_cache[:, :, :257].copy()),
             torch.from_numpy(value_cache[:, :, :257].copy()), enable_gqa=True).numpy()
     np.testing.assert_allclose(out, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [6, np.int32(6), np.array(6)])
+def test_append_with_one_length_for_every_row(rng, length):
+    """An int (or 0-d) cache_seqlens appends every batch row's keys at the same slot
+    in one assignment: each row gets its own keys there, nothing else changes."""
+    key_cache, value_cache = make_cache(rng, 3, 2, 16, 8, 4, np.float32)
+    before_k, before_v = key_cache.copy(), value_cache.copy()
+    new_k = rng.standard_normal((3, 2, 2, 8)).astype(np.float32)
+    new_v = rng.standard_normal((3, 2, 2, 4)).astype(np.float32)
+    q = rng.standard_normal((3, 4, 2, 8)).astype(np.float32)
+    attention_with_kvcache(q, key_cache, value_cache, length, new_k, new_v)
+    np.testing.assert_array_equal(key_cache[:, :, 6:8], new_k)
+    np.testing.assert_array_equal(value_cache[:, :, 6:8], new_v)
+    for cache, before in ((key_cache, before_k), (value_cache, before_v)):
+        np.testing.assert_array_equal(cache[:, :, :6], before[:, :, :6])
+        np.testing.assert_array_equal(cache[:, :, 8:], before[:, :, 8:])

@@ -73,3 +73,27 @@ class HalfCacheSpeedup(Benchmark):
         return half_cache_speedup(fastattn._sdpa.max_threads(), 9,
                                   (BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, 32768), [dtype])[dtype.name]
     track_speedup.unit = "x (float32 time / 16-bit time)"
+
+
+class DecodeStep(Benchmark):
+    """One step of a generation loop over a short cache: append the new token's key
+    and value in place, then attend (B1, 32/8 heads, D128, float32). Over a few
+    hundred keys the step's fixed cost (validation, the thread team, the query's
+    copy) is most of its time, so this tracks that cost, not the memory."""
+    params = [[16, 256, 1024]]
+    param_names = ["cache_length"]
+
+    def setup(self, cache_length):
+        rng = np.random.default_rng(0)
+        shape = (BATCH, KV_HEADS, cache_length + 1, HEAD_DIM)
+        self.query = rng.standard_normal((BATCH, Q_HEADS, 1, HEAD_DIM), dtype=np.float32)
+        self.key_cache = rng.standard_normal(shape, dtype=np.float32)
+        self.value_cache = rng.standard_normal(shape, dtype=np.float32)
+        self.new_key, self.new_value = (
+            rng.standard_normal((BATCH, KV_HEADS, 1, HEAD_DIM), dtype=np.float32)
+            for _ in range(2))
+
+    def time_step(self, cache_length):
+        # the same slot every call: the cache never fills, the work never changes
+        fastattn.attention_with_kvcache(self.query, self.key_cache, self.value_cache,
+                                        cache_length, self.new_key, self.new_value)
