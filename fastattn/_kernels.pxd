@@ -66,6 +66,8 @@ cdef extern from "fa_attention.h" nogil:
         Py_ssize_t depth
 
     ctypedef void (*fa_attend_fn)(const fa_job *job, void *scratch) noexcept nogil
+    ctypedef void (*fa_attend_heads_fn)(const fa_job *jobs, Py_ssize_t n_heads,
+                                        Py_ssize_t step_keys, void *scratch) noexcept nogil
     ctypedef void (*fa_backward_fn)(const fa_backward_job *job, void *scratch) noexcept nogil
     ctypedef void (*fa_merge_fn)(Py_ssize_t n_parts, const void *part_out, const void *part_lse,
                                  Py_ssize_t part_out_stride, Py_ssize_t part_lse_stride,
@@ -84,6 +86,7 @@ cdef extern from "fa_attention.h" nogil:
         int lanes_f32, lanes_f64
         fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64
         fa_attend_fn attend_f32, attend_f64
+        fa_attend_heads_fn attend_heads_f32, attend_heads_f64
         fa_scratch_bytes_fn backward_scratch_bytes_f32, backward_scratch_bytes_f64
         fa_backward_fn backward_f32, backward_f64
         fa_merge_fn merge_f32, merge_f64

@@ -16,8 +16,8 @@ from libc.string cimport memset
 from fastattn._kernels cimport (
     FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_STORAGE_BF16, FA_STORAGE_F16,
     FA_STORAGE_NATIVE,
-    FA_UNBOUNDED, fa_attend_fn, fa_backward_fn, fa_backward_job, fa_cpu_cache_prefetch,
-    fa_cpu_supports, fa_merge_fn,
+    FA_UNBOUNDED, fa_attend_fn, fa_attend_heads_fn, fa_backward_fn, fa_backward_job,
+    fa_cpu_cache_prefetch, fa_cpu_supports, fa_merge_fn,
     fa_thread_scratch, fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
     fa_openmp_enabled, fa_openmp_max_threads,
 )
@@ -111,6 +111,7 @@ cdef class Problem:
     cdef public Py_ssize_t query_offset, rows_per_position, window_left, window_right
     cdef public bint average_heads
     cdef public Py_ssize_t tile_queries, tile_keys, n_splits
+    cdef public Py_ssize_t lockstep_heads, step_keys
     cdef public str isa, cache_prefetch
     cdef public int num_threads
 
@@ -122,7 +123,8 @@ cdef class Problem:
                  Py_ssize_t query_offset=0, Py_ssize_t rows_per_position=1,
                  Py_ssize_t window_left=FA_UNBOUNDED, Py_ssize_t window_right=FA_UNBOUNDED,
                  double softcap=0.0, alibi_slopes=None, key_lengths=None, query_offsets=None,
-                 Py_ssize_t n_splits=1, grad_out=None, grad_query=None,
+                 Py_ssize_t n_splits=1, Py_ssize_t lockstep_heads=1,
+                 Py_ssize_t step_keys=0, grad_out=None, grad_query=None,
                  grad_key=None, grad_value=None):
         self.query, self.key, self.value, self.out = query, key, value, out
         self.batch_shape, self.head_repeats = tuple(batch_shape), head_repeats
@@ -136,6 +138,7 @@ cdef class Problem:
         self.scale, self.isa, self.num_threads = scale, isa, num_threads
         self.cache_prefetch = cache_prefetch
         self.tile_queries, self.tile_keys, self.n_splits = tile_queries, tile_keys, n_splits
+        self.lockstep_heads, self.step_keys = lockstep_heads, step_keys
         self.mask, self.mask_kind = mask, mask_kind
         self.weights, self.average_heads, self.lse = weights, average_heads, lse
         self.query_offset, self.rows_per_position = query_offset, rows_per_position
@@ -304,6 +307,10 @@ cdef void _fill_template(Problem problem, fa_job *template):
 cdef struct job_plan:
     # what every job shares beyond the template: how job indices map to work
     Py_ssize_t n_groups, heads_averaged, n_tiles, n_splits, n_batch, itemsize
+    # lockstep: the jobs of heads_per_job consecutive batch entries (the heads of a
+    # (B, S, H, D) cache's batch row) run together, step_keys keys at a time
+    Py_ssize_t heads_per_job, step_keys
+    fa_attend_heads_fn attend_heads
     const void *alibi_slopes          # per-batch pointers read through the layout
     const void *key_lengths
     const void *query_offsets
@@ -313,12 +320,13 @@ cdef struct job_plan:
 
 cdef inline void _run_job(const fa_job *template, const job_plan *plan, fa_attend_fn attend,
                           Py_ssize_t job_index, const batch_layout *layout, void *scratch,
-                          void *head_weights) noexcept nogil:
+                          void *head_weights, fa_job *lockstep_jobs) noexcept nogil:
     """One query tile (one key chunk of it, under split-KV) of one batch entry, or,
     when heads_averaged > 1, of every head of one group of heads, whose weights are
     averaged into one (L, S) slice."""
     cdef fa_job job = template[0]
     cdef Py_ssize_t itemsize = plan.itemsize, heads_averaged = plan.heads_averaged
+    cdef Py_ssize_t heads_per_job = plan.heads_per_job
     # A head's query tiles are consecutive jobs, so the threads read the same keys and
     # values one after another (from their L2, or once from memory for both): with
     # the heads interleaved, every tile fetched its head's keys and values afresh
@@ -335,8 +343,8 @@ cdef inline void _run_job(const fa_job *template, const job_plan *plan, fa_atten
     job.query_start = tile * template.tile_queries
     job.n_queries = min(template.tile_queries, n_queries_total - job.query_start)
     job.split_index = split
-    for head in range(heads_averaged):
-        batch = group * heads_averaged + head
+    for head in range(heads_per_job):
+        batch = group * heads_per_job + head
         job.query = <const char *>template.query + _batch_offset(layout, QUERY, batch)
         job.key = <const char *>template.key + _batch_offset(layout, KEY, batch)
         job.value = <const char *>template.value + _batch_offset(layout, VALUE, batch)
@@ -367,11 +375,16 @@ cdef inline void _run_job(const fa_job *template, const job_plan *plan, fa_atten
                 job.weights_row_stride = template.n_keys
             else:
                 job.weights = weights_tile
+        if lockstep_jobs != NULL:       # run below, with the other heads
+            lockstep_jobs[head] = job
+            continue
         attend(&job, scratch)
         if template.weights != NULL and heads_averaged > 1:
             _add_scaled_rows(weights_tile, template.weights_row_stride * itemsize,
                              <const char *>head_weights, job.n_queries, template.n_keys,
                              1.0 / heads_averaged, head == 0, itemsize == 8)
+    if lockstep_jobs != NULL:
+        plan.attend_heads(lockstep_jobs, heads_per_job, plan.step_keys, scratch)
 
 
 cdef inline const void *_data(array):
@@ -400,7 +413,13 @@ def attend(Problem problem):
     cdef bint with_weights = problem.weights is not None
     cdef Py_ssize_t heads_averaged = batch_shape[n_dims - 1] if (
         problem.average_heads and with_weights and n_dims > 0) else 1
-    cdef Py_ssize_t n_groups = n_batch // heads_averaged if heads_averaged else 0
+    # lockstep heads (decoding a (B, S, H, D) cache): never with weights
+    cdef Py_ssize_t lockstep_heads = problem.lockstep_heads if (
+        problem.lockstep_heads > 1 and not with_weights) else 1
+    cdef Py_ssize_t heads_per_job = heads_averaged if heads_averaged > 1 else lockstep_heads
+    cdef Py_ssize_t n_groups = n_batch // heads_per_job if heads_per_job else 0
+    if lockstep_heads > 1:
+        scratch_bytes *= lockstep_heads
     cdef Py_ssize_t n_queries = problem.n_queries, n_keys = problem.n_keys
     cdef Py_ssize_t n_tiles = (n_queries + tile_queries - 1) // tile_queries
     cdef Py_ssize_t n_splits = max(1, problem.n_splits)
@@ -415,6 +434,8 @@ def attend(Problem problem):
     _fill_template(problem, &template)
     cdef job_plan plan
     plan.n_groups, plan.heads_averaged, plan.n_tiles = n_groups, heads_averaged, n_tiles
+    plan.heads_per_job, plan.step_keys = heads_per_job, problem.step_keys
+    plan.attend_heads = table.attend_heads_f64 if is_f64 else table.attend_heads_f32
     plan.n_splits, plan.n_batch, plan.itemsize = n_splits, n_batch, itemsize
     plan.alibi_slopes = _data(problem.alibi_slopes)
     plan.key_lengths = _data(problem.key_lengths)
@@ -436,18 +457,24 @@ def attend(Problem problem):
     cdef Py_ssize_t job_index, batch
     cdef void *scratch
     cdef void *head_weights
+    cdef fa_job *lockstep_jobs
+    cdef size_t lockstep_bytes = lockstep_heads * sizeof(fa_job) if lockstep_heads > 1 else 0
     cdef int allocation_failed[1]
     allocation_failed[0] = 0
     with nogil, parallel(num_threads=n_threads):
         scratch = fa_thread_scratch(scratch_bytes)      # kept by the thread between calls
         head_weights = malloc(head_weights_bytes) if head_weights_bytes else NULL
-        if scratch == NULL or (head_weights_bytes and head_weights == NULL):
+        lockstep_jobs = <fa_job *>malloc(lockstep_bytes) if lockstep_bytes else NULL
+        if (scratch == NULL or (head_weights_bytes and head_weights == NULL)
+                or (lockstep_bytes and lockstep_jobs == NULL)):
             allocation_failed[0] = 1
         # every thread must reach the prange (a worksharing loop), so the check is inside
         for job_index in prange(n_jobs, schedule="dynamic"):
             if not allocation_failed[0]:
-                _run_job(&template, &plan, attend_fn, job_index, &layout, scratch, head_weights)
+                _run_job(&template, &plan, attend_fn, job_index, &layout, scratch, head_weights,
+                         lockstep_jobs)
         free(head_weights)
+        free(lockstep_jobs)
     # end of the nogil parallel block
     if n_splits > 1 and not allocation_failed[0]:
         with nogil:

@@ -30,6 +30,23 @@ def _cache_dtype(dtype):
 # than they gain in parallelism
 _MIN_SPLIT_KEYS = 512
 
+# A (B, S, H, D) cache (seen as (B, H, S, D)) is decoded with the heads of a batch
+# row in lockstep, this many keys of each at a time (0: head by head): one head's
+# rows alone are a few hundred bytes out of every few KiB, which memory serves at
+# about half its rate.
+_LOCKSTEP_STEP_KEYS = 64
+# the decoding kernels' most query rows per job (FA_DECODE_MAX_ROWS)
+_DECODE_MAX_ROWS = 8
+
+
+def _heads_side_by_side(cache, n_kv_heads, dim):
+    """Whether ``cache`` (B, Hkv, S, dim) is a (B, S, Hkv, dim) array seen so: each
+    position's heads back to back, positions Hkv * dim apart."""
+    itemsize = cache.itemsize
+    strides = cache.strides
+    return (n_kv_heads > 1 and dim > 0 and strides[3] == itemsize
+            and strides[1] == dim * itemsize and strides[2] == n_kv_heads * dim * itemsize)
+
 
 def _cache_array(array, name):
     if not isinstance(array, np.ndarray):
@@ -217,8 +234,12 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     band_rows = min(window_left + window_right + 1, _sdpa.UNBOUNDED // group) * group
     tile_queries = _query_tile(n_rows, n_batch * n_kv_heads, threads, lanes, band_rows)
     n_tiles = -(-n_rows // tile_queries)
+    # (B, S, H, D) caches: a job is every head of a batch row, in lockstep
+    lockstep = (_LOCKSTEP_STEP_KEYS > 0 and n_tiles == 1 and n_rows <= _DECODE_MAX_ROWS
+                and _heads_side_by_side(k_cache, n_kv_heads, head_dim)
+                and _heads_side_by_side(v_cache, n_kv_heads, value_dim))
     # split-KV when the (batch, kv head, tile) jobs cannot keep the threads busy
-    jobs = n_batch * n_kv_heads * n_tiles
+    jobs = n_batch * (1 if lockstep else n_kv_heads) * n_tiles
     visited = min(longest + added, window_left + window_right + n_new)
     n_splits = 1
     if jobs < 2 * threads:
@@ -230,6 +251,8 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
         query_offsets=lengths, key_lengths=key_lengths,   # (B, 1): one per batch row
         rows_per_position=group, window_left=window_left, window_right=window_right,
         softcap=softcap, alibi_slopes=slopes, n_splits=n_splits,
+        lockstep_heads=n_kv_heads if lockstep else 1,
+        step_keys=_LOCKSTEP_STEP_KEYS if lockstep else 0,
         tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa,
         cache_prefetch=_simd.cache_prefetch(), num_threads=threads))
 

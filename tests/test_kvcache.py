@@ -159,10 +159,12 @@ def test_the_cache_prefetch_target_never_changes_results(simd, rng, cache_dtype,
 
 
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
-def test_a_cache_with_rows_apart(simd, rng, cache_dtype):
-    """A (B, S, H, D) cache seen as (B, H, S, D): each head's rows lie H rows apart
-    (the value product prefetches them row by row, not as one run): the same results
-    and the same in-place append as a contiguous cache, both prefetch targets."""
+def test_a_cache_with_rows_apart(simd, rng, cache_dtype, monkeypatch):
+    """A (B, S, H, D) cache seen as (B, H, S, D): each head's rows lie H rows apart.
+    Head by head (the value product prefetches them row by row, not as one run):
+    the same results as a contiguous cache, bit for bit; with the heads in lockstep
+    (the default for such a cache): the same to rounding (its key tiles are
+    shorter); the same in-place append either way, both prefetch targets."""
     query_dtype = np.float64 if cache_dtype == np.float64 else np.float32
     kv_heads, max_len = 3, 500
     key_cache = rng.standard_normal((2, max_len, kv_heads, 40)).astype(cache_dtype)
@@ -173,13 +175,49 @@ def test_a_cache_with_rows_apart(simd, rng, cache_dtype):
     new_v = rng.standard_normal((2, kv_heads, 2, 72)).astype(query_dtype)
     lengths = np.array([470, 498])
     contiguous = [np.ascontiguousarray(view) for view in (key_view, value_view)]
+    tol = 1e-12 if query_dtype == np.float64 else 1e-6
     for target in ("l1", "l2"):
         with _simd.forced_cache_prefetch(target):
+            reference = attention_with_kvcache(q, *contiguous, lengths, new_k, new_v)
             out = check(q, key_view, value_view, lengths, new_k, new_v)
-            np.testing.assert_array_equal(
-                out, attention_with_kvcache(q, *contiguous, lengths, new_k, new_v))
+            np.testing.assert_allclose(out, reference, rtol=tol, atol=tol)
+            with monkeypatch.context() as patch:
+                patch.setattr(kvcache, "_LOCKSTEP_STEP_KEYS", 0)
+                np.testing.assert_array_equal(
+                    attention_with_kvcache(q, key_view, value_view, lengths, new_k, new_v),
+                    reference)
     np.testing.assert_array_equal(key_view, contiguous[0])   # appended in place
     np.testing.assert_array_equal(value_view, contiguous[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
+@pytest.mark.parametrize("new_rows, lengths", [(1, [0, 130]), (1, [64, 63]), (3, [200, 1]),
+                                               (2, [700, 1500])])
+def test_heads_in_lockstep(simd, rng, monkeypatch, cache_dtype, threads, new_rows, lengths):
+    """A (B, S, H, D) cache: the heads of a batch row run in lockstep, a few keys of
+    each at a time. Against the float64 reference and the head-by-head run: empty
+    rows, lengths on and off a step's boundary, one step and many, split-KV (the
+    longest row), the variants, GQA, both prefetch targets."""
+    query_dtype = np.float64 if cache_dtype == np.float64 else np.float32
+    kv_heads, max_len, head_dim, value_dim = 4, 1510, 64, 32
+    key_cache = rng.standard_normal((2, max_len, kv_heads, head_dim)).astype(cache_dtype)
+    value_cache = rng.standard_normal((2, max_len, kv_heads, value_dim)).astype(cache_dtype)
+    key_view, value_view = (c.transpose(0, 2, 1, 3) for c in (key_cache, value_cache))
+    q = rng.standard_normal((2, 8, new_rows, head_dim)).astype(query_dtype)
+    lengths = np.array(lengths)
+    slopes = rng.uniform(0.01, 0.2, 8)
+    tol = 1e-12 if query_dtype == np.float64 else 2e-6
+    for variants in ({}, {"window": (100, 0), "softcap": 5.0, "alibi_slopes": slopes},
+                     {"is_causal": False}):
+        for target in ("l1", "l2"):
+            with _simd.forced_cache_prefetch(target):
+                out = check(q, key_view, value_view, lengths, num_threads=threads, **variants)
+                with monkeypatch.context() as patch:
+                    patch.setattr(kvcache, "_LOCKSTEP_STEP_KEYS", 0)
+                    head_by_head = attention_with_kvcache(q, key_view, value_view, lengths,
+                                                          num_threads=threads, **variants)
+                np.testing.assert_allclose(out, head_by_head, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("cache_dtype", [np.float32] + STORAGE_16)
@@ -334,3 +372,21 @@ def test_append_with_one_length_for_every_row(rng, length):
     for cache, before in ((key_cache, before_k), (value_cache, before_v)):
         np.testing.assert_array_equal(cache[:, :, :6], before[:, :, :6])
         np.testing.assert_array_equal(cache[:, :, 8:], before[:, :, 8:])
+
+
+def test_lockstep_only_for_heads_side_by_side(rng, monkeypatch):
+    """Lockstep is chosen for a (B, S, H, D) cache seen as (B, H, S, D), and not for
+    a contiguous (B, H, S, D) cache or one head."""
+    from fastattn import _sdpa
+    seen = []
+    real_attend = _sdpa.attend
+    monkeypatch.setattr(_sdpa, "attend",
+                        lambda problem: seen.append(problem.lockstep_heads) or real_attend(problem))
+    q = rng.standard_normal((1, 4, 1, 16)).astype(np.float32)
+    for kv_heads in (2, 1):
+        caches = [rng.standard_normal((1, 100, kv_heads, 16)).astype(np.float32)
+                  for _ in range(2)]
+        attention_with_kvcache(q, *(c.transpose(0, 2, 1, 3) for c in caches), 90)
+        attention_with_kvcache(q, *(np.ascontiguousarray(c.transpose(0, 2, 1, 3))
+                                    for c in caches), 90)
+    assert seen == [2, 1, 1, 1]

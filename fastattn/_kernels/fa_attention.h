@@ -93,6 +93,10 @@ typedef struct {
 } fa_linear_job;
 
 typedef void (*fa_attend_fn)(const fa_job *job, void *scratch);
+/* the jobs of the n_heads heads of one batch row of a (B, S, H, D) cache, decoding,
+ * in lockstep (step_keys keys of each at a time); scratch: n_heads x fa_scratch_bytes */
+typedef void (*fa_attend_heads_fn)(const fa_job *jobs, ptrdiff_t n_heads,
+                                   ptrdiff_t step_keys, void *scratch);
 typedef void (*fa_backward_fn)(const fa_backward_job *job, void *scratch);
 /* out (n_rows x value_dim, rows out_row_stride apart) and lse (n_rows, may be NULL)
  * of attention over the union of n_parts disjoint key sets, from each part's
@@ -113,6 +117,7 @@ typedef struct {
     int lanes_f32, lanes_f64;               /* tile_queries must be a multiple of these */
     fa_scratch_bytes_fn scratch_bytes_f32, scratch_bytes_f64;
     fa_attend_fn attend_f32, attend_f64;
+    fa_attend_heads_fn attend_heads_f32, attend_heads_f64;
     fa_scratch_bytes_fn backward_scratch_bytes_f32, backward_scratch_bytes_f64;
     fa_backward_fn backward_f32, backward_f64;
     fa_merge_fn merge_f32, merge_f64;
@@ -135,6 +140,8 @@ void *fa_thread_scratch(size_t bytes);
     size_t fa_scratch_bytes_f64_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t); \
     void fa_attend_f32_##suffix(const fa_job *, void *);                              \
     void fa_attend_f64_##suffix(const fa_job *, void *);                              \
+    void fa_attend_heads_f32_##suffix(const fa_job *, ptrdiff_t, ptrdiff_t, void *);  \
+    void fa_attend_heads_f64_##suffix(const fa_job *, ptrdiff_t, ptrdiff_t, void *);  \
     size_t fa_backward_scratch_bytes_f32_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t,    \
                                                   ptrdiff_t);                         \
     size_t fa_backward_scratch_bytes_f64_##suffix(ptrdiff_t, ptrdiff_t, ptrdiff_t,    \

@@ -287,6 +287,17 @@ static ptrdiff_t FN(gemm_blocks)(ptrdiff_t rows, ptrdiff_t width)
  * and constant offsets reach them all (a pointer per row spilled registers). */
 #define FA_DECODE_QUERY_AT(r, c) ((c) * FA_DECODE_MAX_ROWS + (r) * LANES)
 
+#ifndef FA_ROW_FETCH_DEFINED
+#define FA_ROW_FETCH_DEFINED
+/* What a decoding product fetches ahead as it goes, key by key: `bytes` at
+ * at + j * stride for key j (bytes 0: nothing), into L2 or L1. */
+typedef struct {
+    const char *at;
+    ptrdiff_t stride, bytes;
+    int into_l2;
+} fa_row_fetch;
+#endif
+
 /* The decoding path's scores: columns 0 .. rows-1 of S (n_keys x width) =
  * K . (scale Q)^T as dot products along the head dim. Each key row is loaded once
  * (head_dim_pad / LANES vectors) and multiplied with every query row, two keys at a
@@ -295,13 +306,9 @@ static ptrdiff_t FN(gemm_blocks)(ptrdiff_t rows, ptrdiff_t width)
  * `query` are padded with zeros to head_dim_pad. */
 FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *query,
                               ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
-                              ptrdiff_t n_keys, REAL *scores, ptrdiff_t width, int into_l2)
+                              ptrdiff_t n_keys, REAL *scores, ptrdiff_t width,
+                              fa_row_fetch fetch)
 {
-    const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
-    const ptrdiff_t prefetch_bytes = FA_PREFETCH_DISTANCE ? head_dim_pad * element_bytes : 0;
-    /* a distance in the bytes read, not in the rows' stride (rows apart: a (B, S, H, D)
-     * cache seen as (B, H, S, D) was prefetched 2 rows ahead) */
-    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (prefetch_bytes > 0 ? prefetch_bytes : 1) + 1;
     ptrdiff_t j = 0;
     for (; j + 2 <= n_keys; j += 2) {
         VREAL a0[FA_DECODE_MAX_ROWS], a1[FA_DECODE_MAX_ROWS];
@@ -309,11 +316,9 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
         for (int r = 0; r < rows; ++r) a0[r] = a1[r] = VSPLAT(0);
         const ptrdiff_t k0 = j * key_row, k1 = k0 + key_row;
         /* the keys some way on, from memory (the tile streams through once) */
-        if (prefetch_bytes) {
-            fa_prefetch_row((const char *)key + (k0 + ahead * key_row) * element_bytes,
-                            prefetch_bytes, into_l2);
-            fa_prefetch_row((const char *)key + (k1 + ahead * key_row) * element_bytes,
-                            prefetch_bytes, into_l2);
+        if (fetch.bytes) {
+            fa_prefetch_row(fetch.at + j * fetch.stride, fetch.bytes, fetch.into_l2);
+            fa_prefetch_row(fetch.at + (j + 1) * fetch.stride, fetch.bytes, fetch.into_l2);
         }
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
             const VREAL x0 = FA_LOAD_KV(storage, key, k0 + c);
@@ -352,26 +357,22 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
 FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int storage,
                                      const REAL *query, ptrdiff_t head_dim_pad, const void *key,
                                      ptrdiff_t key_row, ptrdiff_t n_keys, REAL *scores,
-                                     int into_l2)
+                                     fa_row_fetch fetch)
 {
     if (width > LANES) return;   /* never called so: no instance for it */
     const int keys_per_vector = LANES / width;
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     const ptrdiff_t row_bytes = key_row * element_bytes;
-    const ptrdiff_t prefetch_bytes = FA_PREFETCH_DISTANCE ? head_dim_pad * element_bytes : 0;
-    /* as dot_scores */
-    const ptrdiff_t ahead = FA_PREFETCH_DISTANCE / (prefetch_bytes > 0 ? prefetch_bytes : 1) + 1;
     ptrdiff_t j = 0;
     for (; j + keys_per_vector <= n_keys; j += keys_per_vector) {
         VREAL acc[LANES];
 #pragma GCC unroll 16
         for (int slot = 0; slot < LANES; ++slot) acc[slot] = VSPLAT(0);
         /* the keys some way on, from memory (the tile streams through once) */
-        if (prefetch_bytes)
+        if (fetch.bytes)
 #pragma GCC unroll 16
             for (int k = 0; k < keys_per_vector; ++k)
-                fa_prefetch_row((const char *)key + (j + k + ahead) * row_bytes, prefetch_bytes,
-                                into_l2);
+                fa_prefetch_row(fetch.at + (j + k) * fetch.stride, fetch.bytes, fetch.into_l2);
         /* up to 4 keys at a time along the head dim: 16 keys' row pointers at once
          * (one query row) spilled registers */
 #pragma GCC unroll 4
@@ -395,21 +396,24 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
         }
         VSTORE(scores + j * width, VTSUMS(acc));
     }
-    if (j < n_keys)
+    if (j < n_keys) {
+        fetch.at += j * fetch.stride;
         FN(dot_scores)(rows, storage, query, head_dim_pad, (const char *)key + j * row_bytes,
-                       key_row, n_keys - j, scores + j * width, width, into_l2);
+                       key_row, n_keys - j, scores + j * width, width, fetch);
+    }
 }
 
 static void FN(dot_scores_rows)(ptrdiff_t rows, int storage, const REAL *query,
                                 ptrdiff_t head_dim_pad, const void *key, ptrdiff_t key_row,
-                                ptrdiff_t n_keys, REAL *scores, ptrdiff_t width, int into_l2)
+                                ptrdiff_t n_keys, REAL *scores, ptrdiff_t width,
+                                fa_row_fetch fetch)
 {
     if (width <= LANES) {
         switch (rows + 100 * storage) {
 #define FA_DOT_NARROW_AS(n, w, s) \
         case n + 100 * s: FN(dot_scores_narrow)(n, w, REAL_IS_FLOAT ? s : 0, query,          \
                                                 head_dim_pad, key, key_row, n_keys, scores, \
-                                                into_l2);                                   \
+                                                fetch);                                     \
                           return;
 #define FA_DOT_NARROW(n, w) FA_DOT_NARROW_AS(n, w, FA_STORAGE_NATIVE)      \
                             FA_DOT_NARROW_AS(n, w, FA_STORAGE_F16)         \
@@ -424,7 +428,7 @@ static void FN(dot_scores_rows)(ptrdiff_t rows, int storage, const REAL *query,
     switch (rows + 100 * storage) {
 #define FA_DOT_ROWS_AS(n, s) case n + 100 * s:                                            \
         FN(dot_scores)(n, REAL_IS_FLOAT ? s : 0, query, head_dim_pad, key, key_row, n_keys, \
-                       scores, width, into_l2); break;
+                       scores, width, fetch); break;
 #define FA_DOT_ROWS(n) FA_DOT_ROWS_AS(n, FA_STORAGE_NATIVE) FA_DOT_ROWS_AS(n, FA_STORAGE_F16) \
                        FA_DOT_ROWS_AS(n, FA_STORAGE_BF16)
     FA_DOT_ROWS(1) FA_DOT_ROWS(2) FA_DOT_ROWS(3) FA_DOT_ROWS(4)
@@ -494,8 +498,11 @@ static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
 static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_t width,
                                   ptrdiff_t n_keys, ptrdiff_t n_queries, const void *value,
                                   ptrdiff_t value_row, ptrdiff_t value_dim_pad,
-                                  const REAL *rescale, REAL *acc, int prefetch, int into_l2)
+                                  const REAL *rescale, REAL *acc, int prefetch, int into_l2,
+                                  fa_row_fetch given)
 {
+    /* given.bytes: the caller's stream instead (lockstep heads), key by key in the
+     * first pass, from key 0 of `value` */
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     const ptrdiff_t row_bytes = value_row * element_bytes;
@@ -526,7 +533,13 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
             const char *prefetch_at = NULL;
             ptrdiff_t prefetch_stride = 0, prefetch_bytes = 0;
             const ptrdiff_t streamed = c0 / block_vecs * stream_step;  /* by earlier passes */
-            if (prefetch && into_l2 && streamed < run_bytes) {   /* lines left to fetch */
+            if (given.bytes) {
+                if (c0 == 0) {
+                    prefetch_at = given.at + j0 * given.stride;
+                    prefetch_stride = given.stride;
+                    prefetch_bytes = given.bytes;
+                }
+            } else if (prefetch && into_l2 && streamed < run_bytes) {   /* lines left */
                 prefetch_at = next_chunk + (one_run ? nk * streamed : streamed);
                 prefetch_stride = one_run ? stream_step : row_bytes;
                 prefetch_bytes = stream_step;
@@ -543,7 +556,7 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
                 FN(value_blocks)[storage][rows - 1][vecs - 1](
                     p + i, width, nk, v, value_row, shrink ? shrink + i : NULL,
                     a + i * value_dim_pad, value_dim_pad, prefetch_at, prefetch_stride,
-                    i == 0 ? prefetch_bytes : 0, into_l2);
+                    i == 0 ? prefetch_bytes : 0, given.bytes ? given.into_l2 : into_l2);
             }
         }
     }
@@ -963,8 +976,29 @@ static void FN(fetch_kv_rows)(fa_fetch_ahead *ahead, const void *base, ptrdiff_t
                         n_rows, n_blocks);
 }
 
-void FN(fa_attend)(const fa_job *job, void *scratch_memory)
+#ifndef FA_LOCKSTEP_AHEAD
+#  define FA_LOCKSTEP_AHEAD 1   /* the step whose rows a lockstep step fetches */
+#endif
+#ifndef FA_LOCKSTEP_DEFINED
+#define FA_LOCKSTEP_DEFINED
+/* One step of one head of a lockstep run (fa_attend_heads). */
+typedef struct {
+    ptrdiff_t step, step_keys;       /* keys [b + step * step_keys, + step_keys) of the band */
+    ptrdiff_t head, n_heads;         /* this head among the batch row's */
+    const char *first_key, *first_value;   /* head 0's rows: the heads' rows side by side */
+} fa_lockstep;
+#endif
+
+/* fa_attend, or (lockstep not NULL) one step of a lockstep run: only that step's
+ * keys of the job's band [b, e), the state set up on step 0 and kept in the scratch
+ * between steps, the output written on the step that reaches e; meanwhile this
+ * head's share of the next step's rows of every head are fetched into L2. Returns 1
+ * when keys remain after this step. */
+static int FN(attend_part)(const fa_job *job, void *scratch_memory,
+                           const fa_lockstep *lockstep)
 {
+    const ptrdiff_t step = lockstep ? lockstep->step : 0;
+    const ptrdiff_t step_keys = lockstep ? lockstep->step_keys : 0;
     const ptrdiff_t nq = job->n_queries, q0 = job->query_start;
     const ptrdiff_t head_dim = job->head_dim, value_dim = job->value_dim;
     const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
@@ -979,6 +1013,7 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     const int decoding = LANES > 1 && nq <= FA_DECODE_MAX_ROWS;
     /* where decoding's software prefetch puts the cache rows it streams */
     const int into_l2 = job->cache_prefetch == FA_PREFETCH_INTO_L2;
+    const int first_step = step_keys == 0 || step == 0;
     /* A row of S holds `width` query columns: whole vectors, or when decoding the
      * rows rounded up to a power of two, LANES / width keys to a vector when that
      * is narrower (the softmax's exp then runs on scores, not on padding: with one
@@ -991,7 +1026,8 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     }
     const ptrdiff_t state_width = width < LANES ? LANES : width;   /* row_max, row_sum */
     const ptrdiff_t pitch = FA_PITCH(width);    /* of Qt and acc_t (prefill) */
-    if (decoding) {
+    if (!first_step) {
+    } else if (decoding) {
         for (ptrdiff_t i = 0; i < nq; ++i) {
             const REAL *row = query + i * job->query_row_stride;
             ptrdiff_t e = 0;
@@ -1011,15 +1047,56 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
     } else {
         FN(pack_query_t)(job, width, pitch, w.packed_query);
     }
-    for (ptrdiff_t i = 0; i < state_width; ++i) {
-        w.row_max[i] = -INFINITY;
-        w.row_sum[i] = 0;
+    if (first_step) {
+        for (ptrdiff_t i = 0; i < state_width; ++i) {
+            w.row_max[i] = -INFINITY;
+            w.row_sum[i] = 0;
+        }
+        memset(w.acc, 0,
+               (size_t)(decoding ? nq * value_dim_pad : value_dim * pitch) * sizeof(REAL));
     }
-    memset(w.acc, 0, (size_t)(decoding ? nq * value_dim_pad : value_dim * pitch) * sizeof(REAL));
 
     ptrdiff_t first_position, key_begin, key_end;
     FN(tile_band)(job, width, w.column_position, w.column_slope, &first_position, &key_begin,
                   &key_end);
+    int last_step = 1, more = 0;
+    const ptrdiff_t kv_bytes = (REAL_IS_FLOAT && job->kv_storage) ? 2 : (ptrdiff_t)sizeof(REAL);
+    /* lockstep: this head's share of the next step's rows of every head, spread over
+     * this step's keys (a burst of it stalled the step's loads) */
+    fa_row_fetch key_share = {NULL, 0, 0, 1}, value_share = {NULL, 0, 0, 1};
+    if (step_keys > 0) {   /* this step's keys of the band */
+        const ptrdiff_t band_end = key_end;
+        const ptrdiff_t from = key_begin + step * step_keys;
+        key_begin = from < band_end ? from : band_end;
+        key_end = from + step_keys < band_end ? from + step_keys : band_end;
+        more = key_end < band_end;
+        last_step = !more && (from < band_end || step == 0);   /* once, empty band too */
+        /* the step FA_LOCKSTEP_AHEAD steps on */
+        const ptrdiff_t next_begin = key_end + (FA_LOCKSTEP_AHEAD - 1) * step_keys;
+        const ptrdiff_t next_rows = (next_begin + step_keys < band_end ? next_begin + step_keys
+                                                                       : band_end) - next_begin;
+        const ptrdiff_t n_keys_here = key_end - key_begin;
+        if (FA_PREFETCH_DISTANCE && next_rows > 0 && n_keys_here > 0) {
+            const ptrdiff_t n_heads = lockstep->n_heads, h = lockstep->head;
+            const ptrdiff_t key_run = next_rows * job->key_row_stride * kv_bytes;
+            const ptrdiff_t value_run = next_rows * job->value_row_stride * kv_bytes;
+            /* whole lines per key, at least the share */
+            const ptrdiff_t key_step = FA_ROUND_UP((key_run + n_heads * n_keys_here - 1)
+                                                   / (n_heads * n_keys_here), 64);
+            const ptrdiff_t value_step = FA_ROUND_UP((value_run + n_heads * n_keys_here - 1)
+                                                     / (n_heads * n_keys_here), 64);
+            key_share.at = lockstep->first_key + next_begin * job->key_row_stride * kv_bytes
+                           + h * n_keys_here * key_step;
+            value_share.at = lockstep->first_value
+                             + next_begin * job->value_row_stride * kv_bytes
+                             + h * n_keys_here * value_step;
+            key_share.stride = key_share.bytes = key_step;
+            value_share.stride = value_share.bytes = value_step;
+            /* past the run: nothing (the last head's share may be shorter) */
+            if (h * n_keys_here * key_step >= key_run) key_share.bytes = 0;
+            if (h * n_keys_here * value_step >= value_run) value_share.bytes = 0;
+        }
+    }
     /* narrow rows: lane l of a vector is column l % width */
     for (ptrdiff_t l = state_width - 1; l >= width; --l) {
         w.column_position[l] = w.column_position[l % width];
@@ -1031,7 +1108,6 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
      * otherwise tiles are packed into scratch first (converted, padded, aligned):
      * the prefill path reuses each value row for many queries. */
     const int storage = REAL_IS_FLOAT ? job->kv_storage : FA_STORAGE_NATIVE;
-    const ptrdiff_t kv_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     const int keys_in_place = storage ? decoding && head_dim == head_dim_pad &&
                                             job->key_col_stride == 1
                                       : !decoding || (head_dim == head_dim_pad &&
@@ -1053,9 +1129,22 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
             key_storage = FA_STORAGE_NATIVE;
         }
         /* S (nk x width) = K_j . Qt */
-        if (decoding)
+        if (decoding) {
+            /* the keys some way on, from memory (the tile streams through once); the
+             * distance counts the bytes read, not the rows' stride */
+            const ptrdiff_t read_bytes = head_dim_pad * (key_storage ? 2 : (ptrdiff_t)sizeof(REAL));
+            fa_row_fetch ahead_rows = {
+                (const char *)key_tile + (FA_PREFETCH_DISTANCE / (read_bytes > 0 ? read_bytes : 1) + 1)
+                                         * key_row_stride * (key_storage ? 2 : (ptrdiff_t)sizeof(REAL)),
+                key_row_stride * (key_storage ? 2 : (ptrdiff_t)sizeof(REAL)),
+                FA_PREFETCH_DISTANCE ? read_bytes : 0, into_l2};
+            if (step_keys > 0) {   /* lockstep: this head's share of the next step */
+                ahead_rows = key_share;
+                ahead_rows.at += (k0 - key_begin) * key_share.stride;
+            }
             FN(dot_scores_rows)(nq, key_storage, w.query_rows, head_dim_pad, key_tile,
-                                key_row_stride, nk, w.scores, width, into_l2);
+                                key_row_stride, nk, w.scores, width, ahead_rows);
+        }
         else {
             /* this tile's values, meanwhile */
             FN(fetch_kv_rows)(&ahead, job->value, job->value_row_stride,
@@ -1083,16 +1172,21 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
             FN(accumulate_values_t)(job, k0, nk, width, w.scores, w.rescale, w.packed_value,
                                     w.acc, pitch, &ahead);
         } else if (values_in_place) {
+            fa_row_fetch share = value_share;
+            share.at += (k0 - key_begin) * value_share.stride;
             FN(accumulate_values)(storage, w.scores, width, nk, nq, value_tile,
-                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc, 1,
-                                  into_l2);
+                                  job->value_row_stride, value_dim_pad, w.rescale, w.acc,
+                                  step_keys == 0, into_l2, share);
         } else {
             FN(pack_values)(job, k0, nk, value_dim_pad, w.packed_value);
+            fa_row_fetch share = value_share;
+            share.at += (k0 - key_begin) * value_share.stride;
             FN(accumulate_values)(0, w.scores, width, nk, nq, w.packed_value, value_dim_pad,
-                                  value_dim_pad, w.rescale, w.acc, 0, 0);
+                                  value_dim_pad, w.rescale, w.acc, 0, 0, share);
         }
     }
 
+    if (!last_step) return more;
     /* narrow rows: each column's sum is spread over its lanes */
     for (ptrdiff_t l = width; l < state_width; ++l) w.row_sum[l % width] += w.row_sum[l];
     if (job->weights) FN(normalize_weights)(job, key_begin, key_end, w.row_max, w.row_sum);
@@ -1119,6 +1213,36 @@ void FN(fa_attend)(const fa_job *job, void *scratch_memory)
         else
             for (ptrdiff_t c = i < block_rows ? block_cols : 0; c < value_dim; ++c)
                 o[c] = w.acc[c * pitch + i] * inverse_sum[i];
+    }
+    return 0;
+}
+
+void FN(fa_attend)(const fa_job *job, void *scratch_memory)
+{
+    FN(attend_part)(job, scratch_memory, NULL);
+}
+
+/* Decoding a (B, S, H, D) cache (seen as (B, H, S, D): a head's rows H * D apart)
+ * for the n_heads heads of one batch row, jobs[h] head h (their rows side by side
+ * in each cache row; no weights), in lockstep: step_keys keys of every head, then
+ * the next step_keys. Each head alone reads a few hundred bytes out of every few
+ * KiB, and memory serves that at about half its rate; in lockstep the step's rows
+ * are one run of every head's, and each head's step fetches its share of the next
+ * step's run into L2. Scratch: fa_scratch_bytes per head. */
+void FN(fa_attend_heads)(const fa_job *jobs, ptrdiff_t n_heads, ptrdiff_t step_keys,
+                         void *scratch_memory)
+{
+    FN(scratch) unused;
+    const size_t head_bytes = FN(layout)(jobs[0].tile_queries, jobs[0].tile_keys,
+                                         jobs[0].head_dim, jobs[0].value_dim, NULL, &unused);
+    fa_lockstep lockstep = {0, step_keys, 0, n_heads, (const char *)jobs[0].key,
+                            (const char *)jobs[0].value};
+    for (int more = 1; more; ++lockstep.step) {
+        more = 0;
+        for (lockstep.head = 0; lockstep.head < n_heads; ++lockstep.head)
+            more |= FN(attend_part)(&jobs[lockstep.head],
+                                    (char *)scratch_memory + lockstep.head * head_bytes,
+                                    &lockstep);
     }
 }
 

@@ -9,6 +9,7 @@
 #define FA_TABLE(suffix)                                                           \
     {#suffix, 0, 0, fa_scratch_bytes_f32_##suffix, fa_scratch_bytes_f64_##suffix, \
      fa_attend_f32_##suffix, fa_attend_f64_##suffix,                               \
+     fa_attend_heads_f32_##suffix, fa_attend_heads_f64_##suffix,                   \
      fa_backward_scratch_bytes_f32_##suffix, fa_backward_scratch_bytes_f64_##suffix, \
      fa_attend_backward_f32_##suffix, fa_attend_backward_f64_##suffix,             \
      fa_merge_f32_##suffix, fa_merge_f64_##suffix,                                 \
