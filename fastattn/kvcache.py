@@ -253,7 +253,9 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
         softcap=softcap, alibi_slopes=slopes, n_splits=n_splits,
         lockstep_heads=n_kv_heads if lockstep else 1,
         step_keys=_LOCKSTEP_STEP_KEYS if lockstep else 0,
-        tile_queries=tile_queries, tile_keys=_tiles["keys"], isa=isa,
+        tile_queries=tile_queries, isa=isa,
+        # lockstep: a step is a tile, and each head's scratch holds one
+        tile_keys=min(_tiles["keys"], _LOCKSTEP_STEP_KEYS) if lockstep else _tiles["keys"],
         cache_prefetch=_simd.cache_prefetch(), num_threads=threads))
 
     out = (out_rows.reshape(n_batch, n_kv_heads, n_new, group, value_dim).transpose(0, 1, 3, 2, 4)

@@ -386,7 +386,9 @@ def test_lockstep_only_for_heads_side_by_side(rng, monkeypatch):
     for kv_heads in (2, 1):
         caches = [rng.standard_normal((1, 100, kv_heads, 16)).astype(np.float32)
                   for _ in range(2)]
-        attention_with_kvcache(q, *(c.transpose(0, 2, 1, 3) for c in caches), 90)
+        # (one thread: one query tile on every build, the portable one's 1 lane too)
+        attention_with_kvcache(q, *(c.transpose(0, 2, 1, 3) for c in caches), 90,
+                               num_threads=1)
         attention_with_kvcache(q, *(np.ascontiguousarray(c.transpose(0, 2, 1, 3))
-                                    for c in caches), 90)
+                                    for c in caches), 90, num_threads=1)
     assert seen == [2, 1, 1, 1]
