@@ -15,6 +15,7 @@ cdef extern from "fa_attention.h" nogil:
         FA_N_ISAS
 
     Py_ssize_t FA_UNBOUNDED
+    int FA_DECODE_MAX_ROWS
 
     ctypedef struct fa_job:
         const void *query

@@ -16,8 +16,8 @@ from libc.string cimport memset
 from fastattn._kernels cimport (
     FA_MASK_ADDITIVE, FA_MASK_BOOL, FA_MASK_NONE, FA_N_ISAS, FA_STORAGE_BF16, FA_STORAGE_F16,
     FA_STORAGE_NATIVE,
-    FA_UNBOUNDED, fa_attend_fn, fa_attend_heads_fn, fa_backward_fn, fa_backward_job,
-    fa_cpu_cache_prefetch, fa_cpu_supports, fa_merge_fn,
+    FA_DECODE_MAX_ROWS, FA_UNBOUNDED, fa_attend_fn, fa_attend_heads_fn, fa_backward_fn,
+    fa_backward_job, fa_cpu_cache_prefetch, fa_cpu_supports, fa_merge_fn,
     fa_thread_scratch, fa_job, fa_kernel_table, fa_kernel_table_for, fa_linear_fn, fa_linear_job,
     fa_openmp_enabled, fa_openmp_max_threads,
 )
@@ -63,6 +63,7 @@ def max_threads():
 
 
 UNBOUNDED = FA_UNBOUNDED     # a window side with no bound
+DECODE_MAX_ROWS = FA_DECODE_MAX_ROWS   # query rows a tile decodes with dot products
 
 
 cdef class Problem:

@@ -35,8 +35,6 @@ _MIN_SPLIT_KEYS = 512
 # rows alone are a few hundred bytes out of every few KiB, which memory serves at
 # about half its rate.
 _LOCKSTEP_STEP_KEYS = 64
-# the decoding kernels' most query rows per job (FA_DECODE_MAX_ROWS)
-_DECODE_MAX_ROWS = 8
 
 
 def _heads_side_by_side(cache, n_kv_heads, dim):
@@ -235,7 +233,8 @@ def attention_with_kvcache(query, key_cache, value_cache, cache_seqlens, key=Non
     tile_queries = _query_tile(n_rows, n_batch * n_kv_heads, threads, lanes, band_rows)
     n_tiles = -(-n_rows // tile_queries)
     # (B, S, H, D) caches: a job is every head of a batch row, in lockstep
-    lockstep = (_LOCKSTEP_STEP_KEYS > 0 and n_tiles == 1 and n_rows <= _DECODE_MAX_ROWS
+    lockstep = (_LOCKSTEP_STEP_KEYS > 0 and n_tiles == 1
+                and n_rows <= _sdpa.DECODE_MAX_ROWS
                 and _heads_side_by_side(k_cache, n_kv_heads, head_dim)
                 and _heads_side_by_side(v_cache, n_kv_heads, value_dim))
     # split-KV when the (batch, kv head, tile) jobs cannot keep the threads busy

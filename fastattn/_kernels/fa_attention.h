@@ -23,6 +23,11 @@ enum { FA_PREFETCH_INTO_L1 = 0, FA_PREFETCH_INTO_L2 = 1 };
  * None or -1): far enough that positions +- it never overflow. */
 #define FA_UNBOUNDED (PTRDIFF_MAX / 4)
 
+/* Query rows up to which a tile takes the decoding path (scores as dot products
+ * along the head dim, the key's row loaded once for all rows) instead of the
+ * outer-product micro-kernel, whose one-vector-wide tiles are mostly padding. */
+#define FA_DECODE_MAX_ROWS 8
+
 typedef struct {
     /* Pointers are at row 0, column 0 of this (batch, head); strides count elements,
      * may be zero or negative, and are whatever the caller's arrays have. */

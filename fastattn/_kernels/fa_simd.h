@@ -621,10 +621,6 @@ FA_INLINE vf64 transpose_sums_f64(const vf64 *x) {
     return load_f64(sums);
 }
 
-/* Query rows up to which a tile takes the decoding path (scores as dot products
- * along the head dim, the key's row loaded once for all rows) instead of the
- * outer-product micro-kernel, whose one-vector-wide tiles are mostly padding. */
-#define FA_DECODE_MAX_ROWS 8
 /* keys whose dot products the decoding path takes along the head dim together */
 #define FA_DECODE_KEY_BLOCK 4
 /* The decoding path's software prefetch: this many bytes of key (value) rows ahead
