@@ -615,6 +615,14 @@ FA_INLINE vf32 transpose_sums_f32(const vf32 *x) {
     return load_f32(sums);
 }
 #endif
+#if !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
+/* The sums of 4 vectors into sums[0..3] (half of transpose_sums on AVX2) */
+FA_INLINE void store_four_sums_f32(float *sums, const vf32 *x) {
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps((__m256)x[0], (__m256)x[1]),
+                                    _mm256_hadd_ps((__m256)x[2], (__m256)x[3]));
+    _mm_storeu_ps(sums, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+}
+#endif
 FA_INLINE vf64 transpose_sums_f64(const vf64 *x) {
     double sums[FA_LANES_F64];
     for (int i = 0; i < FA_LANES_F64; ++i) sums[i] = hsum_f64(x[i]);
