@@ -350,43 +350,55 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
 }
 
 #if REAL_IS_FLOAT && !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
-/* dot_scores_narrow for 3 or 4 query rows on AVX2 (rows of S 4 wide, 2 keys to a
- * vector): 3 keys at a time along the head dim, 12 accumulators, where a vector's 2
- * keys (8 accumulators) gave each chain of FMAs no slack over the FMA units'
- * latency (a loop alone: 87% of the FMA peak, 3 keys 94%). Returns the keys done
- * (a multiple of 3); the rest go as before. */
-FA_INLINE ptrdiff_t FN(dot_scores_by_three)(const int rows, const int storage,
-                                            const REAL *query, ptrdiff_t head_dim_pad,
-                                            const void *key, ptrdiff_t key_row,
-                                            ptrdiff_t n_keys, REAL *scores,
-                                            fa_row_fetch fetch)
+/* dot_scores_narrow for 3 to 8 query rows on AVX2 (rows of S 4 or 8 wide): 3 keys
+ * at a time along the head dim for 4 rows at a time, 12 accumulators, where a
+ * vector's keys (8 accumulators: 2 keys x 4 rows, 1 key x 8 rows) gave each chain
+ * of FMAs no slack over the FMA units' latency (a loop alone: 87% of the FMA peak,
+ * 3 keys 94%). 5 to 8 rows go as two groups over the same 3 keys, in L1 for the
+ * second. Returns the keys done (a multiple of 3); the rest go as before. */
+FA_INLINE ptrdiff_t FN(dot_scores_by_three)(const int rows, const int width,
+                                            const int storage, const REAL *query,
+                                            ptrdiff_t head_dim_pad, const void *key,
+                                            ptrdiff_t key_row, ptrdiff_t n_keys,
+                                            REAL *scores, fa_row_fetch fetch)
 {
+    /* rows in groups of up to 4, as even as they split (5: 3 and 2, not 4 and a
+     * group of 1 whose 3 chains left the units idle) */
+    const int group = rows <= 4 ? 4 : (rows + 1) / 2;
     ptrdiff_t j = 0;
     for (; j + 3 <= n_keys; j += 3) {
-        VREAL acc[3][4];
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = acc[2][r] = VSPLAT(0);
         if (fetch.bytes)
 #pragma GCC unroll 3
             for (int k = 0; k < 3; ++k)
                 fa_prefetch_row(fetch.at + (j + k) * fetch.stride, fetch.bytes, fetch.into_l2);
         const ptrdiff_t k0 = j * key_row;
-        for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
-            const VREAL x0 = FA_LOAD_KV(storage, key, k0 + c);
-            const VREAL x1 = FA_LOAD_KV(storage, key, k0 + key_row + c);
-            const VREAL x2 = FA_LOAD_KV(storage, key, k0 + 2 * key_row + c);
+#pragma GCC unroll 2
+        for (int g = 0; g < rows; g += group) {
+            const int group_rows = rows - g < group ? rows - g : group;
+            VREAL acc[3][4];
 #pragma GCC unroll 4
-            for (int r = 0; r < rows; ++r) {
-                VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
-                FA_IN_REGISTER(q);
-                acc[0][r] += x0 * q;
-                acc[1][r] += x1 * q;
-                acc[2][r] += x2 * q;
+            for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = acc[2][r] = VSPLAT(0);
+            for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+                const VREAL x0 = FA_LOAD_KV(storage, key, k0 + c);
+                const VREAL x1 = FA_LOAD_KV(storage, key, k0 + key_row + c);
+                const VREAL x2 = FA_LOAD_KV(storage, key, k0 + 2 * key_row + c);
+#pragma GCC unroll 4
+                for (int r = 0; r < group_rows; ++r) {
+                    VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(g + r, c));
+                    FA_IN_REGISTER(q);
+                    acc[0][r] += x0 * q;
+                    acc[1][r] += x1 * q;
+                    acc[2][r] += x2 * q;
+                }
             }
+            /* keys j and j + 1 as one vector (slot 4 k + r), key j + 2's four apart; a
+             * group of fewer than 4 rows writes zeros in the slots after its rows: the
+             * next group's (written after) or padding columns (zero anyway) */
+            const VREAL pair = VTSUMS(acc[0]);
+            if (width == 4) VSTORE(scores + j * 4, pair);
+            else store_halves_f32(scores + j * width + g, scores + (j + 1) * width + g, pair);
+            store_four_sums_f32(scores + (j + 2) * width + g, acc[2]);
         }
-        /* keys j, j + 1 as a vector (slot 4 k + r), key j + 2's four after it */
-        VSTORE(scores + j * 4, VTSUMS(acc[0]));
-        store_four_sums_f32(scores + (j + 2) * 4, acc[2]);
     }
     return j;
 }
@@ -408,9 +420,11 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
     const ptrdiff_t row_bytes = key_row * element_bytes;
     ptrdiff_t j = 0;
 #if REAL_IS_FLOAT && !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
-    if (width == 4)
-        j = FN(dot_scores_by_three)(rows, storage, query, head_dim_pad, key, key_row, n_keys,
-                                    scores, fetch);
+    /* (float32 keys of 5 or 6 rows ran 0.93-0.94x so from memory, 7 and 8 rows
+     * 1.00-1.13x; 16-bit keys 1.11-1.28x at 5 to 8 rows) */
+    if (width == 4 || (width == 8 && (storage != FA_STORAGE_NATIVE || rows >= 7)))
+        j = FN(dot_scores_by_three)(rows, width, storage, query, head_dim_pad, key, key_row,
+                                    n_keys, scores, fetch);
 #endif
     for (; j + keys_per_vector <= n_keys; j += keys_per_vector) {
         VREAL acc[LANES];
@@ -554,7 +568,12 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     const ptrdiff_t row_bytes = value_row * element_bytes;
-    const int block_vecs = storage == FA_STORAGE_F16 && n_queries <= FA_F16_VALUE_ROWS
+    /* the rows in blocks as even as FA_VALUE_ROWS allows (8 rows on AVX2: 4 and 4, not
+     * 6 and a block of 2 whose 4 chains of FMAs left the units half idle) */
+    const ptrdiff_t n_row_blocks = (n_queries + FA_VALUE_ROWS - 1) / FA_VALUE_ROWS;
+    const ptrdiff_t block_rows = n_row_blocks > 0 ? (n_queries + n_row_blocks - 1) / n_row_blocks
+                                                  : 1;
+    const int block_vecs = storage == FA_STORAGE_F16 && block_rows <= FA_F16_VALUE_ROWS
                            ? FA_F16_VALUE_VECS : FA_VALUE_VECS;
     const ptrdiff_t n_passes = n_vecs > 0 ? (n_vecs + block_vecs - 1) / block_vecs : 1;
     /* into L2: the bytes of the next chunk each key of a pass fetches, whole lines:
@@ -600,11 +619,9 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
                 prefetch_stride = row_bytes;
                 prefetch_bytes = used_bytes;
             }
-            /* blocks of FA_VALUE_ROWS query rows, then the rows left (a few queries:
-             * decoding) as one block, each V row loaded once for all of them */
-            for (ptrdiff_t i = 0; i < n_queries; i += FA_VALUE_ROWS) {
-                const ptrdiff_t rows = n_queries - i < FA_VALUE_ROWS ? n_queries - i
-                                                                     : FA_VALUE_ROWS;
+            /* blocks of block_rows query rows, each V row loaded once for all of them */
+            for (ptrdiff_t i = 0; i < n_queries; i += block_rows) {
+                const ptrdiff_t rows = n_queries - i < block_rows ? n_queries - i : block_rows;
                 FN(value_blocks)[storage][rows - 1][vecs - 1](
                     p + i, width, nk, v, value_row, shrink ? shrink + i : NULL,
                     a + i * value_dim_pad, value_dim_pad, prefetch_at, prefetch_stride,

@@ -622,6 +622,11 @@ FA_INLINE void store_four_sums_f32(float *sums, const vf32 *x) {
                                     _mm256_hadd_ps((__m256)x[2], (__m256)x[3]));
     _mm_storeu_ps(sums, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
 }
+/* A vector's two halves to two places */
+FA_INLINE void store_halves_f32(float *low, float *high, vf32 x) {
+    _mm_storeu_ps(low, _mm256_castps256_ps128((__m256)x));
+    _mm_storeu_ps(high, _mm256_extractf128_ps((__m256)x, 1));
+}
 #endif
 FA_INLINE vf64 transpose_sums_f64(const vf64 *x) {
     double sums[FA_LANES_F64];
