@@ -222,6 +222,28 @@ def test_tile_sizes_do_not_change_results(rng, monkeypatch, queries, keys):
     assert_grads_close(forward_backward(q, k, v, grad_out, **kwargs), expected, np.float64)
 
 
+def test_query_tiles_double_once_a_pass_outgrows_l2():
+    """The backward's query tiles take twice the rows once each tile's pass streams
+    2 MiB or more of keys, values and their gradients (on average over its queries:
+    the band they see under a causal mask or a window)."""
+    def rows(L, S, E, Ev, dtype=np.float32, is_causal=False, window=None,
+             causal_alignment="top_left"):
+        q, k, v = (np.zeros((1, 1, n, e), dtype) for n, e in ((L, E), (S, E), (S, Ev)))
+        fields = attention._problem_fields(q, k, v, None, is_causal, None, False, window,
+                                           causal_alignment, None, None)
+        return attention._backward_query_rows(fields, L, S, E + Ev, np.dtype(dtype).itemsize)
+
+    base = attention._tiles["backward_queries"]
+    assert rows(1024, 1024, 128, 128) == 2 * base        # 2 x 1024 x 256 x 4 bytes: 2 MiB
+    assert rows(1024, 1023, 128, 128) == base
+    assert rows(512, 512, 128, 128, np.float64) == 2 * base
+    assert rows(1024, 1024, 128, 128, is_causal=True) == base        # 512.5 keys a query
+    assert rows(2048, 2048, 128, 128, is_causal=True) == 2 * base
+    assert rows(8192, 8192, 128, 128, window=(64, 0)) == base
+    assert rows(1, 4096, 128, 128, is_causal=True, causal_alignment="bottom_right") == 2 * base
+    assert rows(0, 4096, 128, 128) == base
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), L=st.integers(1, 70), S=st.integers(1, 70),
        E=st.integers(1, 33), Ev=st.integers(1, 33), causal=st.booleans(),
