@@ -159,21 +159,25 @@ def test_the_cache_prefetch_target_never_changes_results(simd, rng, cache_dtype,
     np.testing.assert_array_equal(results["l1"], results["l2"])
 
 
+# value rows 864 bytes apart (float32), and 2-8 KiB apart: the value product's chunk
+# of keys shrinks to the few L1 sets such rows fall in
+@pytest.mark.parametrize("kv_heads, head_dim, value_dim", [(3, 40, 72), (8, 16, 128)])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
-def test_a_cache_with_rows_apart(simd, rng, cache_dtype, monkeypatch):
+def test_a_cache_with_rows_apart(simd, rng, cache_dtype, monkeypatch, kv_heads, head_dim,
+                                 value_dim):
     """A (B, S, H, D) cache seen as (B, H, S, D): each head's rows lie H rows apart.
     Head by head (the value product prefetches them row by row, not as one run):
     the same results as a contiguous cache, bit for bit; with the heads in lockstep
     (the default for such a cache): the same to rounding (its key tiles are
     shorter); the same in-place append either way, both prefetch targets."""
     query_dtype = np.float64 if cache_dtype == np.float64 else np.float32
-    kv_heads, max_len = 3, 500
-    key_cache = rng.standard_normal((2, max_len, kv_heads, 40)).astype(cache_dtype)
-    value_cache = rng.standard_normal((2, max_len, kv_heads, 72)).astype(cache_dtype)
+    max_len = 500
+    key_cache = rng.standard_normal((2, max_len, kv_heads, head_dim)).astype(cache_dtype)
+    value_cache = rng.standard_normal((2, max_len, kv_heads, value_dim)).astype(cache_dtype)
     key_view, value_view = (c.transpose(0, 2, 1, 3) for c in (key_cache, value_cache))
-    q = rng.standard_normal((2, 6, 2, 40)).astype(query_dtype)
-    new_k = rng.standard_normal((2, kv_heads, 2, 40)).astype(query_dtype)
-    new_v = rng.standard_normal((2, kv_heads, 2, 72)).astype(query_dtype)
+    q = rng.standard_normal((2, 2 * kv_heads, 2, head_dim)).astype(query_dtype)
+    new_k = rng.standard_normal((2, kv_heads, 2, head_dim)).astype(query_dtype)
+    new_v = rng.standard_normal((2, kv_heads, 2, value_dim)).astype(query_dtype)
     lengths = np.array([470, 498])
     contiguous = [np.ascontiguousarray(view) for view in (key_view, value_view)]
     tol = 1e-12 if query_dtype == np.float64 else 1e-6
