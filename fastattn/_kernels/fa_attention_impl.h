@@ -544,6 +544,26 @@ static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
 #undef FA_VALUE_TABLE_VECS
 #undef FA_VALUE_TABLE_ROWS
 
+/* Keys per chunk of the decoding path's value product (see accumulate_values): L1
+ * has 64 sets of 64-byte lines, 8 ways (or more); rows row_bytes apart start in
+ * `period` different sets and each covers the sets of the `lines` it reads. */
+static ptrdiff_t FN(value_chunk_keys)(ptrdiff_t row_bytes, ptrdiff_t used_bytes,
+                                      ptrdiff_t n_passes)
+{
+    ptrdiff_t rest = row_bytes % 4096, common = 4096;   /* common: gcd(row_bytes, 4096) */
+    while (rest) {
+        const ptrdiff_t next = common % rest;
+        common = rest;
+        rest = next;
+    }
+    const ptrdiff_t period = 4096 / common, lines = (used_bytes + 63) / 64;
+    if (lines == 0) return FA_VALUE_CHUNK;
+    const ptrdiff_t sets = period * lines < 64 ? period * lines : 64;
+    ptrdiff_t keys = 8 * sets / lines;
+    if (n_passes <= 2 && keys < 16) keys = 16;
+    return keys < 1 ? 1 : keys > FA_VALUE_CHUNK ? FA_VALUE_CHUNK : keys;
+}
+
 /* The decoding path's value product (the prefill's is accumulate_values_t):
  * acc (n_queries x value_dim_pad) = acc * rescale + probs^T . value
  * The keys are walked in chunks of FA_VALUE_CHUNK so that the panel of V a
@@ -551,7 +571,7 @@ static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
  * a pass per block of columns. Rows a multiple of a large power of two apart (a
  * (B, S, H, D) cache seen as (B, H, S, D): float32 H8 D128 rows 4 KiB apart) fall in
  * a few of L1's sets, and the chunk shrinks to what those sets' 8 ways hold (Zen 4,
- * B1 32/8 D128 S 32768: avx2 1.32x float32 and float16), but not below 16 rows for
+ * B1 32/8 D128 S 32768: avx2 float32 1.37x, float16 1.30x), but not below 16 rows for
  * one or two passes, with less reuse to gain and a chunk's accumulators loaded and
  * stored per pass (avx512 float32: 8 rows 0.94x, 16 rows 1.02x; float16 1.05-1.07x).
  * Values read in place (`prefetch`) are fetched ahead of the passes:
@@ -590,17 +610,9 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
     const ptrdiff_t stream_step = ((run_bytes + n_passes - 1) / n_passes + 63) & ~(ptrdiff_t)63;
     const ptrdiff_t rows_ahead = FA_PREFETCH_DISTANCE / (used_bytes > 0 ? used_bytes : 1) + 1;
     prefetch = prefetch && FA_PREFETCH_DISTANCE;
-    /* L1: 64 sets of 64-byte lines, 8 ways (or more); rows `row_bytes` apart start at
-     * `period` different sets, each row covers `lines` sets from its start */
-    ptrdiff_t a = row_bytes % 4096, b = 4096;
-    while (a) { const ptrdiff_t t = b % a; b = a; a = t; }   /* b = gcd(row_bytes, 4096) */
-    const ptrdiff_t period = 4096 / b, lines = (used_bytes + 63) / 64;
-    const ptrdiff_t sets = period * lines < 64 ? period * lines : 64;
-    ptrdiff_t chunk = lines > 0 ? 8 * sets / lines : FA_VALUE_CHUNK;
-    if (n_passes <= 2 && chunk < 16) chunk = 16;
-    chunk = chunk < 1 ? 1 : chunk > FA_VALUE_CHUNK ? FA_VALUE_CHUNK : chunk;
-    for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += chunk) {
-        const ptrdiff_t nk = n_keys - j0 < chunk ? n_keys - j0 : chunk;
+    const ptrdiff_t chunk_keys = FN(value_chunk_keys)(row_bytes, used_bytes, n_passes);
+    for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += chunk_keys) {
+        const ptrdiff_t nk = n_keys - j0 < chunk_keys ? n_keys - j0 : chunk_keys;
         const REAL *p = probs + j0 * width;
         /* the accumulator shrinks once, on the first chunk */
         const REAL *shrink = j0 == 0 ? rescale : NULL;
