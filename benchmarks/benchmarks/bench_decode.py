@@ -61,6 +61,23 @@ class DecodeBandwidth(Benchmark):
     track_decode_share_of_read_bandwidth.unit = "% of read bandwidth"
 
 
+class DecodeHeadsInside(DecodeBandwidth):
+    """The same over a (B, S, H, D) cache passed as its (B, H, S, D) view: each head's
+    rows H * D elements apart (4 KiB in float32), decoded with the heads in lockstep
+    (a (B, H, S, D) cache reads faster; this tracks the gap)."""
+    params = [["float32", "float16"]]
+    param_names = ["cache_dtype"]
+
+    def setup(self, cache_dtype):
+        cache_dtype = _dtype(cache_dtype)
+        rng = np.random.default_rng(0)
+        shape = (BATCH, CACHE, KV_HEADS, HEAD_DIM)
+        self.query = rng.standard_normal((BATCH, Q_HEADS, 1, HEAD_DIM), dtype=np.float32)
+        self.key_cache, self.value_cache = (
+            rng.standard_normal(shape, dtype=np.float32).astype(cache_dtype).transpose(0, 2, 1, 3)
+            for _ in range(2))
+
+
 class HalfCacheSpeedup(Benchmark):
     """How much faster a 16-bit cache decodes than a float32 one at S = 32768 (B1,
     32/8 heads, D128; the two timed in the same rounds, as the bench's decode line):
