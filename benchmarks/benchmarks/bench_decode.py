@@ -30,14 +30,20 @@ class DecodeBandwidth(Benchmark):
     """attention_with_kvcache, Lq = 1, S = 8192, float32, float16 and bfloat16 caches."""
     params = [["float32", "float16", "bfloat16"]]
     param_names = ["cache_dtype"]
+    heads_inside = False   # the caches (B, H, S, D), or (B, S, H, D) seen as that
 
     def setup(self, cache_dtype):
         cache_dtype = _dtype(cache_dtype)
         rng = np.random.default_rng(0)
-        shape = (BATCH, KV_HEADS, CACHE, HEAD_DIM)
         self.query = rng.standard_normal((BATCH, Q_HEADS, 1, HEAD_DIM), dtype=np.float32)
-        self.key_cache = rng.standard_normal(shape, dtype=np.float32).astype(cache_dtype)
-        self.value_cache = rng.standard_normal(shape, dtype=np.float32).astype(cache_dtype)
+        shape = ((BATCH, CACHE, KV_HEADS, HEAD_DIM) if self.heads_inside
+                 else (BATCH, KV_HEADS, CACHE, HEAD_DIM))
+        self.key_cache, self.value_cache = (
+            rng.standard_normal(shape, dtype=np.float32).astype(cache_dtype)
+            for _ in range(2))
+        if self.heads_inside:
+            self.key_cache, self.value_cache = (cache.transpose(0, 2, 1, 3)
+                                                for cache in (self.key_cache, self.value_cache))
 
     def _seconds(self, repeats=20):
         import time
@@ -67,15 +73,7 @@ class DecodeHeadsInside(DecodeBandwidth):
     (a (B, H, S, D) cache reads faster; this tracks the gap)."""
     params = [["float32", "float16"]]
     param_names = ["cache_dtype"]
-
-    def setup(self, cache_dtype):
-        cache_dtype = _dtype(cache_dtype)
-        rng = np.random.default_rng(0)
-        shape = (BATCH, CACHE, KV_HEADS, HEAD_DIM)
-        self.query = rng.standard_normal((BATCH, Q_HEADS, 1, HEAD_DIM), dtype=np.float32)
-        self.key_cache, self.value_cache = (
-            rng.standard_normal(shape, dtype=np.float32).astype(cache_dtype).transpose(0, 2, 1, 3)
-            for _ in range(2))
+    heads_inside = True
 
 
 class HalfCacheSpeedup(Benchmark):
