@@ -1478,15 +1478,17 @@ static void FN(pack_panels)(const REAL *src, ptrdiff_t row_stride, ptrdiff_t col
     }
 }
 
-/* c (rows x width) (+)= a . b, b in panels of panel_depth rows (pack_panels) */
+/* c (rows x width) (+)= a . b, b in panels of panel_depth rows (pack_panels);
+ * `ahead` (or NULL) as gemm_packed's, over all the panels' register blocks */
 static void FN(gemm_panels)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
                             const REAL *b, ptrdiff_t panel_depth, ptrdiff_t width,
-                            ptrdiff_t depth, REAL *c, ptrdiff_t c_row, int accumulate)
+                            ptrdiff_t depth, REAL *c, ptrdiff_t c_row, int accumulate,
+                            fa_fetch_ahead *ahead)
 {
     for (ptrdiff_t p0 = 0; p0 < width; p0 += FA_PANEL)
         FN(gemm_packed)(a, a_row, a_col, rows, b + (p0 / FA_PANEL) * panel_depth * FA_PANEL,
                         FA_PANEL, width - p0 < FA_PANEL ? width - p0 : FA_PANEL, depth, c + p0,
-                        c_row, accumulate, NULL, NULL);
+                        c_row, accumulate, NULL, ahead);
 }
 
 void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memory)
@@ -1546,16 +1548,27 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
                   &key_end);
     REAL *softcap_slope = job->softcap > 0 ? w.softcap_slope : NULL;
 
+    /* Each product fetches, as it goes, what a later one reads from the caller's
+     * arrays: the tile's values and grad_key rows, the next tile's keys and
+     * grad_value rows (a query tile's pass streams all four through L2 from L3 or
+     * memory; avx2, D = 128: 1.04x at L 1024, 1.16x at L 4096) */
+    fa_fetch_ahead ahead;
+    const ptrdiff_t real_bytes = (ptrdiff_t)sizeof(REAL);
     for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
         const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
+        const ptrdiff_t next = k0 + nk;
+        const ptrdiff_t next_keys = key_end - next < job->tile_keys ? key_end - next
+                                                                    : job->tile_keys;
         const REAL *key = (const REAL *)job->key + k0 * job->key_row_stride;
         const REAL *value = (const REAL *)job->value + k0 * job->value_row_stride;
         REAL *grad_key = (REAL *)backward->grad_key + k0 * backward->grad_key_row_stride;
         REAL *grad_value = (REAL *)backward->grad_value + k0 * backward->grad_value_row_stride;
 
         /* P^T = exp(S^T - lse), S^T = K_j Qt with the forward's transforms */
+        FN(fetch_kv_rows)(&ahead, job->value, job->value_row_stride, job->value_col_stride,
+                          value_dim, real_bytes, k0, nk, FN(gemm_blocks)(nk, width));
         FN(gemm_panels)(key, job->key_row_stride, job->key_col_stride, nk, w.packed_query,
-                        head_dim, width, head_dim, w.scores, width, 0);
+                        head_dim, width, head_dim, w.scores, width, 0, &ahead);
         FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
                              w.column_slope, w.scores, softcap_slope);
         for (ptrdiff_t j = 0; j < nk; ++j)
@@ -1564,11 +1577,15 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
                 VSTORE(at, VEXP(VLOAD(at) - VLOAD(w.lse + i)));
             }
         /* dV_j += P^T dO */
+        FN(fetch_kv_rows)(&ahead, backward->grad_key, backward->grad_key_row_stride, 1,
+                          head_dim, real_bytes, k0, nk, FN(gemm_blocks)(nk, value_dim_pad));
         FN(gemm_panels)(w.scores, width, 1, nk, w.grad_out_rows, width, value_dim_pad, nq,
-                        grad_value, backward->grad_value_row_stride, 1);
+                        grad_value, backward->grad_value_row_stride, 1, &ahead);
         /* dS^T = P^T * (V_j dO^T - delta) (* softcap slope) */
+        FN(fetch_kv_rows)(&ahead, job->key, job->key_row_stride, job->key_col_stride,
+                          head_dim, real_bytes, next, next_keys, FN(gemm_blocks)(nk, width));
         FN(gemm_panels)(value, job->value_row_stride, job->value_col_stride, nk, w.grad_out_t,
-                        value_dim, width, value_dim, w.grad_scores, ds_pitch, 0);
+                        value_dim, width, value_dim, w.grad_scores, ds_pitch, 0, &ahead);
         for (ptrdiff_t j = 0; j < nk; ++j)
             for (ptrdiff_t i = 0; i < width; i += LANES) {
                 const ptrdiff_t at = j * width + i;
@@ -1578,13 +1595,16 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
                 VSTORE(ds_at, ds);
             }
         /* dK_j += dS^T (scale Q) */
+        FN(fetch_kv_rows)(&ahead, backward->grad_value, backward->grad_value_row_stride, 1,
+                          value_dim, real_bytes, next, next_keys,
+                          FN(gemm_blocks)(nk, head_dim_pad));
         FN(gemm_panels)(w.grad_scores, ds_pitch, 1, nk, w.query_rows, width, head_dim_pad, nq,
-                        grad_key, backward->grad_key_row_stride, 1);
+                        grad_key, backward->grad_key_row_stride, 1, &ahead);
         /* dQ += dS K_j */
         FN(pack_panels)(key, job->key_row_stride, job->key_col_stride, nk, head_dim,
                         head_dim_pad, 1, job->tile_keys, w.packed_key);
         FN(gemm_panels)(w.grad_scores, 1, ds_pitch, nq, w.packed_key, job->tile_keys, head_dim_pad,
-                        nk, w.grad_query, head_dim_pad, 1);
+                        nk, w.grad_query, head_dim_pad, 1, NULL);
     }
 
     REAL *grad_query = (REAL *)backward->grad_query + q0 * backward->grad_query_row_stride;
