@@ -404,11 +404,11 @@ def scaled_dot_product_attention_backward(grad_output, query, key, value, output
     def heads(repeats):    # the batch dims of a gradient of key or value
         return batch_shape[:-1] + (batch_shape[-1] // repeats,) if batch_shape else ()
 
-    grad_query = np.empty(batch_shape + (n_queries, head_dim_pad), dtype=q.dtype)
-    # attend_backward zeroes these itself, in the threads that add to them
-    grad_key = np.empty((n_splits,) + heads(key_repeats) + (n_keys, head_dim_pad), dtype=q.dtype)
-    grad_value = np.empty((n_splits,) + heads(value_repeats) + (n_keys, value_dim_pad),
-                          dtype=q.dtype)
+    # attend_backward zeroes grad_key and grad_value itself, in the threads that add to them
+    grad_query, grad_key, grad_value = _empty_in_one(
+        (batch_shape + (n_queries, head_dim_pad),
+         (n_splits,) + heads(key_repeats) + (n_keys, head_dim_pad),
+         (n_splits,) + heads(value_repeats) + (n_keys, value_dim_pad)), q.dtype)
     _sdpa.attend_backward(_sdpa.Problem(
         out=output, lse=np.ascontiguousarray(arrays["lse"]), grad_out=grad_out,
         grad_query=grad_query, grad_key=grad_key, grad_value=grad_value, n_splits=n_splits,
@@ -420,6 +420,22 @@ def scaled_dot_product_attention_backward(grad_output, query, key, value, output
     return tuple(np.ascontiguousarray(_sum_to_shape(grad[..., :n], array.shape))
                  for grad, n, array in ((grad_query, head_dim, q), (grad_key, head_dim, k),
                                         (grad_value, value_dim, v)))
+
+
+def _empty_in_one(shapes, dtype):
+    """Uninitialised C-contiguous arrays of these shapes, 64-byte aligned, carved from
+    one block of memory, which lives as long as any of them. The backward's gradients
+    are fresh memory at every call: as three blocks of 2 MiB (B1 H8 L512 D128) they
+    fault in page by page (~1000 faults, each taking the process's memory lock) and
+    glibc hands them back at every free; as one block of 4 MiB or more NumPy asks for
+    huge pages, and glibc keeps it for the next call."""
+    itemsize = np.dtype(dtype).itemsize
+    sizes = [math.prod(shape) * itemsize for shape in shapes]
+    offsets = np.cumsum([0] + [-(-size // 64) * 64 for size in sizes])
+    block = np.empty(int(offsets[-1]) + 64, dtype=np.uint8)
+    start = -block.ctypes.data % 64
+    return [block[start + at:start + at + size].view(dtype).reshape(shape)
+            for at, size, shape in zip(offsets.tolist(), sizes, shapes)]
 
 
 def _backward_query_rows(fields, n_queries, n_keys, dims, itemsize):
