@@ -222,6 +222,28 @@ def test_tile_sizes_do_not_change_results(rng, monkeypatch, queries, keys):
     assert_grads_close(forward_backward(q, k, v, grad_out, **kwargs), expected, np.float64)
 
 
+def test_gradients_share_one_block_without_overlapping():
+    shapes = [(2, 3, 5, 8), (1, 2, 3, 7, 8), (1, 2, 3, 0, 16), (1,)]
+    for dtype in (np.float32, np.float64):
+        arrays = attention._empty_in_one(shapes, dtype)
+        assert [a.shape for a in arrays] == shapes
+        for a in arrays:
+            assert a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+            assert a.ctypes.data % 64 == 0 or a.size == 0
+        for i, a in enumerate(arrays):
+            a[...] = i
+        for i, a in enumerate(arrays):
+            assert np.all(a == i)
+        bounds = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in arrays)
+        assert all(end <= start for (_, end), (start, _) in zip(bounds, bounds[1:]))
+    # the backward's gradients come back as separate, contiguous arrays
+    q, k, v = make_inputs(np.random.default_rng(3), (2,), 16, 24, 32, 16, np.float32)
+    out, lse = scaled_dot_product_attention(q, k, v, return_lse=True)
+    grads = scaled_dot_product_attention_backward(np.ones_like(out), q, k, v, out, lse)
+    for grad, array in zip(grads, (q, k, v)):
+        assert grad.shape == array.shape and grad.flags.c_contiguous
+
+
 def test_query_tiles_double_once_a_pass_outgrows_l2():
     """The backward's query tiles take twice the rows once each tile's pass streams
     2 MiB or more of keys, values and their gradients (on average over its queries:
