@@ -1033,8 +1033,8 @@ static void FN(tile_band)(const fa_job *job, ptrdiff_t width, REAL *position, RE
  * acc_t * rescale (by column) + V_j^T . P. It is the scores' outer-product kernel:
  * V is read in place by broadcasts, so its rows need no aligned copy (a float16
  * tile is converted into `packed` first), and P's rows are loaded as vectors. The
- * keys go in chunks of FA_VALUE_CHUNK, so that the panel of P a register block
- * streams through stays in L1. */
+ * keys go in chunks of FA_PREFILL_VALUE_CHUNK: fewer loads and stores of the
+ * accumulators against a shorter panel of P for a register block to stream through. */
 static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                                     ptrdiff_t width, const REAL *probs, const REAL *rescale,
                                     REAL *packed, REAL *acc_t, ptrdiff_t acc_pitch,
@@ -1049,8 +1049,9 @@ static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrd
         element_stride = 1;
         key_stride = value_dim_pad;
     }
-    for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_VALUE_CHUNK) {
-        const ptrdiff_t nk = n_keys - j0 < FA_VALUE_CHUNK ? n_keys - j0 : FA_VALUE_CHUNK;
+    for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += FA_PREFILL_VALUE_CHUNK) {
+        const ptrdiff_t nk = n_keys - j0 < FA_PREFILL_VALUE_CHUNK ? n_keys - j0
+                                                                 : FA_PREFILL_VALUE_CHUNK;
         FN(gemm_packed)(value + j0 * key_stride, element_stride, key_stride, job->value_dim,
                         probs + j0 * width, width, width, nk, acc_t, acc_pitch, 1,
                         j0 == 0 ? rescale : NULL, ahead);
@@ -1261,7 +1262,7 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
             FN(fetch_kv_rows)(&ahead, job->key, job->key_row_stride, job->key_col_stride,
                               head_dim, kv_bytes, next, next_keys,
                               FN(gemm_blocks)(value_dim, width)
-                              * ((nk + FA_VALUE_CHUNK - 1) / FA_VALUE_CHUNK));
+                              * ((nk + FA_PREFILL_VALUE_CHUNK - 1) / FA_PREFILL_VALUE_CHUNK));
             FN(accumulate_values_t)(job, k0, nk, width, w.scores, w.rescale, w.packed_value,
                                     w.acc, pitch, &ahead);
         } else if (values_in_place) {
