@@ -6,6 +6,7 @@ they must be (a float mask of another dtype, misaligned memory): the kernels
 take any strides, including the zero strides of broadcast dimensions.
 """
 import contextlib
+import itertools
 import math
 import numbers
 
@@ -431,11 +432,11 @@ def _empty_in_one(shapes, dtype):
     huge pages, and glibc keeps it for the next call."""
     itemsize = np.dtype(dtype).itemsize
     sizes = [math.prod(shape) * itemsize for shape in shapes]
-    offsets = np.cumsum([0] + [-(-size // 64) * 64 for size in sizes])
-    block = np.empty(int(offsets[-1]) + 64, dtype=np.uint8)
+    offsets = list(itertools.accumulate((-(-size // 64) * 64 for size in sizes), initial=0))
+    block = np.empty(offsets[-1] + 64, dtype=np.uint8)
     start = -block.ctypes.data % 64
     return [block[start + at:start + at + size].view(dtype).reshape(shape)
-            for at, size, shape in zip(offsets.tolist(), sizes, shapes)]
+            for at, size, shape in zip(offsets, sizes, shapes)]
 
 
 def _backward_query_rows(fields, n_queries, n_keys, dims, itemsize):
