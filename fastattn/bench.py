@@ -70,11 +70,26 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds
     spinning for a while, and on a small machine they would slow down the first
     call of whoever runs next, not the caller.
     """
+    def settle(name, elapsed):
+        if name in _BLAS_CONTENDERS:
+            # OpenBLAS workers busy-wait ~0.1 s after a call, and a long call
+            # leaves gigabytes of scores to give back: let both settle
+            time.sleep(max(0.25, settle_seconds) if elapsed < 0.5 else 1.0)
+        elif settle_seconds:
+            # torch's OpenMP and onnxruntime's pool spin for a while after a
+            # call: on 2 cores they would take them from whoever runs next
+            time.sleep(settle_seconds)
+
     block = {}
     for name, fn in contenders.items():          # warm-up, and the block sizes
         start = time.perf_counter()
         fn()
-        block[name] = max(1, min(50, round(block_seconds / (time.perf_counter() - start))))
+        elapsed = time.perf_counter() - start
+        block[name] = max(1, min(50, round(block_seconds / elapsed)))
+    # the first round's first contender must not run beside the last warm-up's
+    # spinning workers either (torch's OpenMP spins ~10 ms of a core after a call)
+    settle(name, elapsed)
+    time.sleep(0.05)
     times = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
@@ -83,15 +98,12 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds
                 fn()
             elapsed = time.perf_counter() - start
             times[name].append(elapsed / block[name])
-            if name == "numpy":
-                # OpenBLAS workers busy-wait ~0.1 s after a call, and a long call
-                # leaves gigabytes of scores to give back: let both settle
-                time.sleep(0.15 if elapsed < 0.5 else 1.0)
-            elif settle_seconds:
-                # torch's OpenMP and onnxruntime's pool spin for a while after a
-                # call: on 2 cores they would take them from whoever runs next
-                time.sleep(settle_seconds)
+            settle(name, elapsed)
     return _Timings(times)
+
+
+# contenders that call NumPy's BLAS (its workers busy-wait after a call)
+_BLAS_CONTENDERS = ("numpy", "sgemm", "dgemm")
 
 
 _MEMORY_PROBE = """

@@ -8,6 +8,7 @@ import pytest
 
 from fastattn.__main__ import main
 from fastattn._config import cpu_model
+from fastattn import bench
 from fastattn.bench import fitted_slope, slope_fit
 from tests.png import png_size
 
@@ -221,3 +222,19 @@ def test_prefill_peer_with_a_wrong_result_is_not_timed(monkeypatch, capsys):
     assert out.count("onnxruntime skipped (checked against fastattn before timing)") == 4
     assert all(row.split()[-1] == "-" for row in rows)
     assert len(calls) == 4
+
+
+def test_no_timed_block_follows_a_blas_call_without_a_pause(monkeypatch):
+    # OpenBLAS's workers busy-wait after a call: whoever is timed next, in a round
+    # or in the first round after the warm-up, must not share the cores with them
+    events = []
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: events.append(("sleep", seconds)))
+    contenders = {name: (lambda name=name: events.append(("call", name)))
+                  for name in ("fastattn", "torch", "sgemm")}
+    bench._interleaved_medians(contenders, repeats=2, block_seconds=0.0)
+    calls = [i for i, event in enumerate(events) if event[0] == "call"]
+    for before, after in zip(calls, calls[1:]):
+        if events[before][1] == "sgemm" and after == before + 1:
+            raise AssertionError(f"{events[after][1]} ran right after sgemm: {events}")
+    first_timed = calls[3]
+    assert any(event[0] == "sleep" for event in events[calls[2] + 1:first_timed])
