@@ -6,6 +6,7 @@ they must be (a float mask of another dtype, misaligned memory): the kernels
 take any strides, including the zero strides of broadcast dimensions.
 """
 import contextlib
+import functools
 import itertools
 import math
 import numbers
@@ -450,10 +451,20 @@ def _backward_query_rows(fields, n_queries, n_keys, dims, itemsize):
     if not n_queries or not n_keys:
         return rows
     left, right = (min(fields[name], n_keys) for name in ("window_left", "window_right"))
-    positions = np.arange(n_queries, dtype=np.int64) + fields["query_offset"]
-    seen = (np.minimum(positions + right, n_keys - 1) - np.maximum(positions - left, 0) + 1)
-    streamed = 2 * float(np.clip(seen, 0, None).mean()) * dims * itemsize
+    seen = _mean_keys_seen(n_queries, n_keys, left, right, fields["query_offset"])
+    streamed = 2 * seen * dims * itemsize
     return 2 * rows if streamed >= 2 * 2**20 else rows
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_keys_seen(n_queries, n_keys, left, right, query_offset):
+    """The keys a query sees on average under a band of `left` keys before its
+    position and `right` after. Cached: a training loop asks for the same shapes at
+    every step, and these few NumPy calls, right after a kernel has filled the
+    caches with its tiles, took ~0.14 ms (1% of a B1 H8 L512 D128 backward)."""
+    positions = np.arange(n_queries, dtype=np.int64) + query_offset
+    seen = (np.minimum(positions + right, n_keys - 1) - np.maximum(positions - left, 0) + 1)
+    return float(np.clip(seen, 0, None).mean())
 
 
 def merge_attention(outputs, lses):
