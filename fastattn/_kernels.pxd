@@ -54,6 +54,7 @@ cdef extern from "fa_attention.h" nogil:
         Py_ssize_t grad_key_row_stride
         void *grad_value
         Py_ssize_t grad_value_row_stride
+        Py_ssize_t next_query_start, next_n_queries
 
     ctypedef struct fa_linear_job:
         const void *x

@@ -546,6 +546,9 @@ cdef inline void _run_backward_job(const fa_backward_job *template, const backwa
         while tile < plan.n_tiles:
             job.forward.query_start = tile * tile_queries
             job.forward.n_queries = min(tile_queries, n_queries_total - job.forward.query_start)
+            job.next_query_start = (tile + plan.n_splits) * tile_queries
+            job.next_n_queries = (min(tile_queries, n_queries_total - job.next_query_start)
+                                  if tile + plan.n_splits < plan.n_tiles else 0)
             backward(&job, scratch)
             tile += plan.n_splits
 
@@ -598,6 +601,8 @@ def attend_backward(Problem problem):
     template.grad_query_row_stride = _stride(problem.grad_query, 2, problem.grad_query.dtype.itemsize)
     template.grad_key_row_stride = _stride(problem.grad_key, 2, problem.grad_key.dtype.itemsize)
     template.grad_value_row_stride = _stride(problem.grad_value, 2, problem.grad_value.dtype.itemsize)
+    template.next_query_start = 0
+    template.next_n_queries = 0
 
     cdef int n_threads = <int>min(problem.num_threads, n_jobs)
     cdef Py_ssize_t job_index

@@ -78,6 +78,9 @@ typedef struct {
     void *grad_query;      ptrdiff_t grad_query_row_stride;
     void *grad_key;        ptrdiff_t grad_key_row_stride;
     void *grad_value;      ptrdiff_t grad_value_row_stride;
+    /* the query rows the caller's next call for this head will start from (its query,
+     * grad_out and out rows are fetched into L2 meanwhile); next_n_queries 0: none */
+    ptrdiff_t next_query_start, next_n_queries;
 } fa_backward_job;
 
 /* A projection out = x . W^T + bias, cut into tiles (rows of one batch x column

@@ -1058,7 +1058,7 @@ static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrd
     }
 }
 
-/* Rows [start, start + n_rows) of keys or values (`base`, strides in elements of
+/* Rows [start, start + n_rows) of keys, values or queries (`base`, strides in elements of
  * element_bytes, as pack_rows reads them) fetched during n_blocks register blocks;
  * nothing where a row is not contiguous or there are no rows */
 static void FN(fetch_kv_rows)(fa_fetch_ahead *ahead, const void *base, ptrdiff_t row_stride,
@@ -1556,6 +1556,11 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
      * avx512 0.98-1.06x) */
     fa_fetch_ahead ahead;
     const ptrdiff_t real_bytes = (ptrdiff_t)sizeof(REAL);
+    /* The dQ product fetches the caller's next query tile's rows, which the next call
+     * packs first: its query rows during the third key tile from the end, its grad_out
+     * rows during the second, its out rows (delta) during the last (fewer key tiles:
+     * the later ones) */
+    const ptrdiff_t n_key_tiles = (key_end - key_begin + job->tile_keys - 1) / job->tile_keys;
     for (ptrdiff_t k0 = key_begin; k0 < key_end; k0 += job->tile_keys) {
         const ptrdiff_t nk = key_end - k0 < job->tile_keys ? key_end - k0 : job->tile_keys;
         const ptrdiff_t next = k0 + nk;
@@ -1605,8 +1610,21 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
         /* dQ += dS K_j */
         FN(pack_panels)(key, job->key_row_stride, job->key_col_stride, nk, head_dim,
                         head_dim_pad, 1, job->tile_keys, w.packed_key);
+        const ptrdiff_t tiles_left = n_key_tiles - (k0 - key_begin) / job->tile_keys;
+        const ptrdiff_t dq_blocks = FN(gemm_blocks)(nq, head_dim_pad);
+        const ptrdiff_t next_q = backward->next_query_start, next_nq = backward->next_n_queries;
+        if (tiles_left == 3)
+            FN(fetch_kv_rows)(&ahead, job->query, job->query_row_stride, job->query_col_stride,
+                              head_dim, real_bytes, next_q, next_nq, dq_blocks);
+        else if (tiles_left == 2)
+            FN(fetch_kv_rows)(&ahead, backward->grad_out, backward->grad_out_row_stride,
+                              backward->grad_out_col_stride, value_dim, real_bytes, next_q,
+                              next_nq, dq_blocks);
+        else if (tiles_left == 1)
+            FN(fetch_kv_rows)(&ahead, job->out, job->out_row_stride, 1, value_dim, real_bytes,
+                              next_q, next_nq, dq_blocks);
         FN(gemm_panels)(w.grad_scores, 1, ds_pitch, nq, w.packed_key, job->tile_keys, head_dim_pad,
-                        nk, w.grad_query, head_dim_pad, 1, NULL);
+                        nk, w.grad_query, head_dim_pad, 1, tiles_left <= 3 ? &ahead : NULL);
     }
 
     REAL *grad_query = (REAL *)backward->grad_query + q0 * backward->grad_query_row_stride;
