@@ -1259,10 +1259,15 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
             const ptrdiff_t next = k0 + job->tile_keys;
             const ptrdiff_t next_keys = key_end - next < job->tile_keys ? key_end - next
                                                                         : job->tile_keys;
-            FN(fetch_kv_rows)(&ahead, job->key, job->key_row_stride, job->key_col_stride,
-                              head_dim, kv_bytes, next, next_keys,
-                              FN(gemm_blocks)(value_dim, width)
-                              * ((nk + FA_PREFILL_VALUE_CHUNK - 1) / FA_PREFILL_VALUE_CHUNK));
+            const ptrdiff_t value_blocks =
+                FN(gemm_blocks)(value_dim, width)
+                * ((nk + FA_PREFILL_VALUE_CHUNK - 1) / FA_PREFILL_VALUE_CHUNK);
+            if (next_keys > 0)
+                FN(fetch_kv_rows)(&ahead, job->key, job->key_row_stride, job->key_col_stride,
+                                  head_dim, kv_bytes, next, next_keys, value_blocks);
+            else   /* the last tile: the output rows it will write */
+                FN(fetch_kv_rows)(&ahead, job->out, job->out_row_stride, 1, value_dim,
+                                  (ptrdiff_t)sizeof(REAL), q0, nq, value_blocks);
             FN(accumulate_values_t)(job, k0, nk, width, w.scores, w.rescale, w.packed_value,
                                     w.acc, pitch, &ahead);
         } else if (values_in_place) {
