@@ -1058,12 +1058,12 @@ static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrd
     }
 }
 
-/* Rows [start, start + n_rows) of keys, values or queries (`base`, strides in elements of
+/* Rows [start, start + n_rows) of an operand (`base`, strides in elements of
  * element_bytes, as pack_rows reads them) fetched during n_blocks register blocks;
  * nothing where a row is not contiguous or there are no rows */
-static void FN(fetch_kv_rows)(fa_fetch_ahead *ahead, const void *base, ptrdiff_t row_stride,
-                              ptrdiff_t col_stride, ptrdiff_t dim, ptrdiff_t element_bytes,
-                              ptrdiff_t start, ptrdiff_t n_rows, ptrdiff_t n_blocks)
+static void FN(fetch_rows)(fa_fetch_ahead *ahead, const void *base, ptrdiff_t row_stride,
+                           ptrdiff_t col_stride, ptrdiff_t dim, ptrdiff_t element_bytes,
+                           ptrdiff_t start, ptrdiff_t n_rows, ptrdiff_t n_blocks)
 {
     fa_fetch_ahead_init(ahead,
                         n_rows > 0 ? (const char *)base + start * row_stride * element_bytes
@@ -1241,9 +1241,9 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
         }
         else {
             /* this tile's values, meanwhile */
-            FN(fetch_kv_rows)(&ahead, job->value, job->value_row_stride,
-                              job->value_col_stride, value_dim, kv_bytes, k0, nk,
-                              FN(gemm_blocks)(nk, width));
+            FN(fetch_rows)(&ahead, job->value, job->value_row_stride,
+                           job->value_col_stride, value_dim, kv_bytes, k0, nk,
+                           FN(gemm_blocks)(nk, width));
             FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
                             w.packed_query, pitch, width, head_dim, w.scores, width, 0, NULL,
                             &ahead);
@@ -1263,11 +1263,11 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
                 FN(gemm_blocks)(value_dim, width)
                 * ((nk + FA_PREFILL_VALUE_CHUNK - 1) / FA_PREFILL_VALUE_CHUNK);
             if (next_keys > 0)
-                FN(fetch_kv_rows)(&ahead, job->key, job->key_row_stride, job->key_col_stride,
-                                  head_dim, kv_bytes, next, next_keys, value_blocks);
+                FN(fetch_rows)(&ahead, job->key, job->key_row_stride, job->key_col_stride,
+                               head_dim, kv_bytes, next, next_keys, value_blocks);
             else   /* the last tile: the output rows it will write */
-                FN(fetch_kv_rows)(&ahead, job->out, job->out_row_stride, 1, value_dim,
-                                  (ptrdiff_t)sizeof(REAL), q0, nq, value_blocks);
+                FN(fetch_rows)(&ahead, job->out, job->out_row_stride, 1, value_dim,
+                               (ptrdiff_t)sizeof(REAL), q0, nq, value_blocks);
             FN(accumulate_values_t)(job, k0, nk, width, w.scores, w.rescale, w.packed_value,
                                     w.acc, pitch, &ahead);
         } else if (values_in_place) {
@@ -1577,8 +1577,8 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
         REAL *grad_value = (REAL *)backward->grad_value + k0 * backward->grad_value_row_stride;
 
         /* P^T = exp(S^T - lse), S^T = K_j Qt with the forward's transforms */
-        FN(fetch_kv_rows)(&ahead, job->value, job->value_row_stride, job->value_col_stride,
-                          value_dim, real_bytes, k0, nk, FN(gemm_blocks)(nk, width));
+        FN(fetch_rows)(&ahead, job->value, job->value_row_stride, job->value_col_stride,
+                       value_dim, real_bytes, k0, nk, FN(gemm_blocks)(nk, width));
         FN(gemm_panels)(key, job->key_row_stride, job->key_col_stride, nk, w.packed_query,
                         head_dim, width, head_dim, w.scores, width, 0, &ahead);
         FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
@@ -1589,13 +1589,13 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
                 VSTORE(at, VEXP(VLOAD(at) - VLOAD(w.lse + i)));
             }
         /* dV_j += P^T dO */
-        FN(fetch_kv_rows)(&ahead, backward->grad_key, backward->grad_key_row_stride, 1,
-                          head_dim, real_bytes, k0, nk, FN(gemm_blocks)(nk, value_dim_pad));
+        FN(fetch_rows)(&ahead, backward->grad_key, backward->grad_key_row_stride, 1,
+                       head_dim, real_bytes, k0, nk, FN(gemm_blocks)(nk, value_dim_pad));
         FN(gemm_panels)(w.scores, width, 1, nk, w.grad_out_rows, width, value_dim_pad, nq,
                         grad_value, backward->grad_value_row_stride, 1, &ahead);
         /* dS^T = P^T * (V_j dO^T - delta) (* softcap slope) */
-        FN(fetch_kv_rows)(&ahead, job->key, job->key_row_stride, job->key_col_stride,
-                          head_dim, real_bytes, next, next_keys, FN(gemm_blocks)(nk, width));
+        FN(fetch_rows)(&ahead, job->key, job->key_row_stride, job->key_col_stride,
+                       head_dim, real_bytes, next, next_keys, FN(gemm_blocks)(nk, width));
         FN(gemm_panels)(value, job->value_row_stride, job->value_col_stride, nk, w.grad_out_t,
                         value_dim, width, value_dim, w.grad_scores, ds_pitch, 0, &ahead);
         for (ptrdiff_t j = 0; j < nk; ++j)
@@ -1607,9 +1607,9 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
                 VSTORE(ds_at, ds);
             }
         /* dK_j += dS^T (scale Q) */
-        FN(fetch_kv_rows)(&ahead, backward->grad_value, backward->grad_value_row_stride, 1,
-                          value_dim, real_bytes, next, next_keys,
-                          FN(gemm_blocks)(nk, head_dim_pad));
+        FN(fetch_rows)(&ahead, backward->grad_value, backward->grad_value_row_stride, 1,
+                       value_dim, real_bytes, next, next_keys,
+                       FN(gemm_blocks)(nk, head_dim_pad));
         FN(gemm_panels)(w.grad_scores, ds_pitch, 1, nk, w.query_rows, width, head_dim_pad, nq,
                         grad_key, backward->grad_key_row_stride, 1, &ahead);
         /* dQ += dS K_j */
@@ -1619,15 +1619,15 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
         const ptrdiff_t dq_blocks = FN(gemm_blocks)(nq, head_dim_pad);
         const ptrdiff_t next_q = backward->next_query_start, next_nq = backward->next_n_queries;
         if (tiles_left == 3)
-            FN(fetch_kv_rows)(&ahead, job->query, job->query_row_stride, job->query_col_stride,
-                              head_dim, real_bytes, next_q, next_nq, dq_blocks);
+            FN(fetch_rows)(&ahead, job->query, job->query_row_stride, job->query_col_stride,
+                           head_dim, real_bytes, next_q, next_nq, dq_blocks);
         else if (tiles_left == 2)
-            FN(fetch_kv_rows)(&ahead, backward->grad_out, backward->grad_out_row_stride,
-                              backward->grad_out_col_stride, value_dim, real_bytes, next_q,
-                              next_nq, dq_blocks);
+            FN(fetch_rows)(&ahead, backward->grad_out, backward->grad_out_row_stride,
+                           backward->grad_out_col_stride, value_dim, real_bytes, next_q,
+                           next_nq, dq_blocks);
         else if (tiles_left == 1)
-            FN(fetch_kv_rows)(&ahead, job->out, job->out_row_stride, 1, value_dim, real_bytes,
-                              next_q, next_nq, dq_blocks);
+            FN(fetch_rows)(&ahead, job->out, job->out_row_stride, 1, value_dim, real_bytes,
+                           next_q, next_nq, dq_blocks);
         FN(gemm_panels)(w.grad_scores, 1, ds_pitch, nq, w.packed_key, job->tile_keys, head_dim_pad,
                         nk, w.grad_query, head_dim_pad, 1, tiles_left <= 3 ? &ahead : NULL);
     }
