@@ -61,6 +61,10 @@ class _Timings(dict):
                                                        self.rounds[reference]))
 
 
+# contenders that call NumPy's BLAS (its workers busy-wait after a call)
+_BLAS_CONTENDERS = ("numpy", "sgemm", "dgemm")
+
+
 def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds=0.0):
     """Median seconds per call of each contender, timed round-robin (a _Timings:
     also the per-round ratios).
@@ -80,15 +84,16 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds
             # call: on 2 cores they would take them from whoever runs next
             time.sleep(settle_seconds)
 
-    block = {}
+    block, warm_up = {}, {}
     for name, fn in contenders.items():          # warm-up, and the block sizes
         start = time.perf_counter()
         fn()
-        elapsed = time.perf_counter() - start
-        block[name] = max(1, min(50, round(block_seconds / elapsed)))
+        warm_up[name] = time.perf_counter() - start
+        block[name] = max(1, min(50, round(block_seconds / warm_up[name])))
     # the first round's first contender must not run beside the last warm-up's
     # spinning workers either (torch's OpenMP spins ~10 ms of a core after a call)
-    settle(name, elapsed)
+    last = list(contenders)[-1]
+    settle(last, warm_up[last])
     time.sleep(0.05)
     times = {name: [] for name in contenders}
     for _ in range(repeats):
@@ -100,10 +105,6 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds
             times[name].append(elapsed / block[name])
             settle(name, elapsed)
     return _Timings(times)
-
-
-# contenders that call NumPy's BLAS (its workers busy-wait after a call)
-_BLAS_CONTENDERS = ("numpy", "sgemm", "dgemm")
 
 
 _MEMORY_PROBE = """
