@@ -169,7 +169,7 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
                                const char *prefetch_at, ptrdiff_t prefetch_stride,
                                ptrdiff_t prefetch_bytes, int into_l2)
 {
-    VREAL a[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
+    VREAL a[FA_MAX_BLOCK_ROWS][FA_VALUE_BLOCK_VECS];
 #pragma GCC unroll 8
     for (int r = 0; r < rows; ++r)
 #pragma GCC unroll 8
@@ -179,7 +179,7 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
         }
 #define FA_VALUE_STEP(j)                                                                   \
     do {                                                                                   \
-        VREAL v[FA_MAX_BLOCK_VECS];                                                        \
+        VREAL v[FA_VALUE_BLOCK_VECS];                                                      \
         FA_UNROLL_8                                                                        \
         for (int c = 0; c < vecs; ++c)                                                    \
             v[c] = FA_LOAD_KV(storage, value, (j) * value_row + c * LANES);                \
@@ -408,7 +408,14 @@ FA_INLINE ptrdiff_t FN(dot_scores_by_three)(const int rows, const int width,
  * up to a power of two; LANES / width keys to a vector): the LANES dot products of
  * a vector's keys and rows are reduced together (transpose_sums) and stored as that
  * vector, instead of one reduction per key and row. The slots of padding rows stay
- * zero; keys short of a whole vector go row by row (dot_scores). */
+ * zero; keys short of a whole vector go row by row (dot_scores). float32 and
+ * float64 keys go one after the other, each row read whole in address order: a few
+ * keys' rows read side by side along the head dim (a vector of each in turn) left
+ * the hardware prefetchers behind, and a core read the cache from memory at 18 GB/s
+ * against 25 in order (Zen 4, float32 D 128, 4 query rows, the product alone over
+ * 128 MiB). 16-bit keys, converted as loaded, are bound by the arithmetic more than
+ * by memory and keep 4 keys side by side (their chains of FMAs overlap: in address
+ * order they ran 0.90-0.97x). */
 FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int storage,
                                      const REAL *query, ptrdiff_t head_dim_pad, const void *key,
                                      ptrdiff_t key_row, ptrdiff_t n_keys, REAL *scores,
@@ -435,24 +442,42 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
 #pragma GCC unroll 16
             for (int k = 0; k < keys_per_vector; ++k)
                 fa_prefetch_row(fetch.at + (j + k) * fetch.stride, fetch.bytes, fetch.into_l2);
-        /* up to 4 keys at a time along the head dim: 16 keys' row pointers at once
-         * (one query row) spilled registers */
-#pragma GCC unroll 4
-        for (int k0 = 0; k0 < keys_per_vector; k0 += FA_DECODE_KEY_BLOCK) {
-            const int n_block = keys_per_vector < FA_DECODE_KEY_BLOCK ? keys_per_vector
-                                                                        : FA_DECODE_KEY_BLOCK;
-            const void *block = (const char *)key + (j + k0) * row_bytes;
-            for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
-                VREAL x[FA_DECODE_KEY_BLOCK];
-#pragma GCC unroll 4
-                for (int k = 0; k < n_block; ++k)
-                    x[k] = FA_LOAD_KV(storage, block, k * key_row + c);
+        if (storage == FA_STORAGE_NATIVE && rows >= 2) {
+            /* key by key, each row read whole in address order */
+#pragma GCC unroll 16
+            for (int k = 0; k < keys_per_vector; ++k) {
+                const void *row = (const char *)key + (j + k) * row_bytes;
+                for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+                    const VREAL x = FA_LOAD_KV(storage, row, c);
 #pragma GCC unroll 8
-                for (int r = 0; r < rows; ++r) {
-                    VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
-                    FA_IN_REGISTER(q);
+                    for (int r = 0; r < rows; ++r) {
+                        VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
+                        FA_IN_REGISTER(q);
+                        acc[k * width + r] += x * q;
+                    }
+                }
+            }
+        } else {
+            /* up to 4 keys at a time along the head dim (16 keys' row pointers at once
+             * spilled registers), their chains of FMAs side by side */
 #pragma GCC unroll 4
-                    for (int k = 0; k < n_block; ++k) acc[(k0 + k) * width + r] += x[k] * q;
+            for (int k0 = 0; k0 < keys_per_vector; k0 += FA_DECODE_KEY_BLOCK) {
+                const int n_block = keys_per_vector < FA_DECODE_KEY_BLOCK
+                                    ? keys_per_vector : FA_DECODE_KEY_BLOCK;
+                const void *block = (const char *)key + (j + k0) * row_bytes;
+                for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+                    VREAL x[FA_DECODE_KEY_BLOCK];
+#pragma GCC unroll 4
+                    for (int k = 0; k < n_block; ++k)
+                        x[k] = FA_LOAD_KV(storage, block, k * key_row + c);
+#pragma GCC unroll 8
+                    for (int r = 0; r < rows; ++r) {
+                        VREAL q = VLOAD(query + FA_DECODE_QUERY_AT(r, c));
+                        FA_IN_REGISTER(q);
+#pragma GCC unroll 4
+                        for (int k = 0; k < n_block; ++k)
+                            acc[(k0 + k) * width + r] += x[k] * q;
+                    }
                 }
             }
         }
@@ -537,6 +562,22 @@ typedef void (*FN(value_fn))(FA_VALUE_ARGS);
 static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
                                                          FA_VALUE_TABLE_ROWS(1),
                                                          FA_VALUE_TABLE_ROWS(2) };
+#ifdef FA_DECODE_ROW_VECS
+/* [rows - 1][vecs - 5]: decoding's whole float32 rows of 5 to 8 vectors */
+#  if FA_DECODE_ROW_VECS != 8
+#    error "value_row_blocks has rows of 5 to 8 vectors"
+#  endif
+#define FA_VALUE_ROW_BLOCK_FNS(r) FA_VALUE_FN(5, r, 0) FA_VALUE_FN(6, r, 0) \
+                                  FA_VALUE_FN(7, r, 0) FA_VALUE_FN(8, r, 0)
+FA_VALUE_ROW_BLOCK_FNS(1)
+FA_VALUE_ROW_BLOCK_FNS(2)
+#define FA_VALUE_ROW_TABLE_VECS(r) { FN(value_block_5_##r##_0), FN(value_block_6_##r##_0), \
+                                     FN(value_block_7_##r##_0), FN(value_block_8_##r##_0) }
+static const FN(value_fn) FN(value_row_blocks)[2][4] = { FA_VALUE_ROW_TABLE_VECS(1),
+                                                          FA_VALUE_ROW_TABLE_VECS(2) };
+#undef FA_VALUE_ROW_BLOCK_FNS
+#undef FA_VALUE_ROW_TABLE_VECS
+#endif
 #undef FA_VALUE_ARGS
 #undef FA_VALUE_FN
 #undef FA_VALUE_FNS
@@ -593,24 +634,44 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
     const ptrdiff_t n_vecs = value_dim_pad / LANES;
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     const ptrdiff_t row_bytes = value_row * element_bytes;
+    const ptrdiff_t used_bytes = value_dim_pad * element_bytes;
     /* the rows in blocks as even as FA_VALUE_ROWS allows (8 rows on AVX2: 4 and 4, not
      * 6 and a block of 2 whose 4 chains of FMAs left the units half idle) */
     const ptrdiff_t n_row_blocks = (n_queries + FA_VALUE_ROWS - 1) / FA_VALUE_ROWS;
-    const ptrdiff_t block_rows = n_row_blocks > 0 ? (n_queries + n_row_blocks - 1) / n_row_blocks
-                                                  : 1;
-    const int block_vecs = storage == FA_STORAGE_F16 && block_rows <= FA_F16_VALUE_ROWS
-                           ? FA_F16_VALUE_VECS : FA_VALUE_VECS;
+    ptrdiff_t block_rows = n_row_blocks > 0 ? (n_queries + n_row_blocks - 1) / n_row_blocks
+                                            : 1;
+    int block_vecs = storage == FA_STORAGE_F16 && block_rows <= FA_F16_VALUE_ROWS
+                     ? FA_F16_VALUE_VECS : FA_VALUE_VECS;
+    ptrdiff_t chunk_keys = 0;
+    int whole_rows = 0;
+#ifdef FA_DECODE_ROW_VECS
+    /* Rows of V wider than a block go in passes of a block's width over a chunk of
+     * keys, the first pass reading a part of every row from memory: out of address
+     * order, which memory served slower than whole rows in order (Zen 4, float32
+     * D 128, 4 query rows, the product alone: 19 GB/s a core in passes, 28 whole).
+     * So float32 rows back to back, of up to FA_DECODE_ROW_VECS vectors, go whole,
+     * 2 query rows a block: the first block reads a chunk from memory in order, the
+     * others from L1 (with dot_scores_narrow's order, B1 32/8 heads D 128 S 32768:
+     * 1.15-1.18x on 1 thread, 1.03-1.08x on 2). 16-bit rows, bound by their
+     * conversions, keep their passes (whole: 0.62x). */
+    whole_rows = storage == FA_STORAGE_NATIVE && n_queries >= 2 && row_bytes == used_bytes
+                 && n_vecs > block_vecs && n_vecs <= FA_DECODE_ROW_VECS;
+    if (whole_rows) {
+        block_vecs = (int)n_vecs;
+        block_rows = 2;
+        chunk_keys = FA_DECODE_ROW_CHUNK;
+    }
+#endif
     const ptrdiff_t n_passes = n_vecs > 0 ? (n_vecs + block_vecs - 1) / block_vecs : 1;
     /* into L2: the bytes of the next chunk each key of a pass fetches, whole lines:
      * rows back to back are one run; rows apart (a (B, S, H, D) cache seen as
      * (B, H, S, D)) each give a share of the lines they use */
-    const ptrdiff_t used_bytes = value_dim_pad * element_bytes;
     const int one_run = row_bytes <= used_bytes;
     const ptrdiff_t run_bytes = one_run ? row_bytes : used_bytes + 64;  /* + a line: misaligned */
     const ptrdiff_t stream_step = ((run_bytes + n_passes - 1) / n_passes + 63) & ~(ptrdiff_t)63;
     const ptrdiff_t rows_ahead = FA_PREFETCH_DISTANCE / (used_bytes > 0 ? used_bytes : 1) + 1;
     prefetch = prefetch && FA_PREFETCH_DISTANCE;
-    const ptrdiff_t chunk_keys = FN(value_chunk_keys)(row_bytes, used_bytes, n_passes);
+    if (!chunk_keys) chunk_keys = FN(value_chunk_keys)(row_bytes, used_bytes, n_passes);
     for (ptrdiff_t j0 = 0; j0 < n_keys; j0 += chunk_keys) {
         const ptrdiff_t nk = n_keys - j0 < chunk_keys ? n_keys - j0 : chunk_keys;
         const REAL *p = probs + j0 * width;
@@ -636,22 +697,30 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
                     prefetch_stride = given.stride;
                     prefetch_bytes = given.bytes;
                 }
+            } else if (prefetch && (whole_rows || (!into_l2 && pass == 0))) {
+                /* whole rows as the keys: rows some way on, during the only pass
+                 * (the next chunk of 8 rows, 4 KiB on: 0.90-0.93x) */
+                prefetch_at = chunk + rows_ahead * row_bytes;
+                prefetch_stride = row_bytes;
+                prefetch_bytes = used_bytes;
             } else if (prefetch && into_l2 && streamed < run_bytes) {   /* lines left */
                 prefetch_at = next_chunk + (one_run ? nk * streamed : streamed);
                 prefetch_stride = one_run ? stream_step : row_bytes;
                 prefetch_bytes = stream_step;
-            } else if (prefetch && !into_l2 && pass == 0) {
-                prefetch_at = chunk + rows_ahead * row_bytes;
-                prefetch_stride = row_bytes;
-                prefetch_bytes = used_bytes;
             }
             /* blocks of block_rows query rows, each V row loaded once for all of them */
             for (ptrdiff_t i = 0; i < n_queries; i += block_rows) {
                 const ptrdiff_t rows = n_queries - i < block_rows ? n_queries - i : block_rows;
-                FN(value_blocks)[storage][rows - 1][vecs - 1](
-                    p + i, width, nk, v, value_row, shrink ? shrink + i : NULL,
-                    a + i * value_dim_pad, value_dim_pad, prefetch_at, prefetch_stride,
-                    i == 0 ? prefetch_bytes : 0, given.bytes ? given.into_l2 : into_l2);
+#ifdef FA_DECODE_ROW_VECS
+                const FN(value_fn) block = whole_rows
+                                           ? FN(value_row_blocks)[rows - 1][vecs - 5]
+                                           : FN(value_blocks)[storage][rows - 1][vecs - 1];
+#else
+                const FN(value_fn) block = FN(value_blocks)[storage][rows - 1][vecs - 1];
+#endif
+                block(p + i, width, nk, v, value_row, shrink ? shrink + i : NULL,
+                      a + i * value_dim_pad, value_dim_pad, prefetch_at, prefetch_stride,
+                      i == 0 ? prefetch_bytes : 0, given.bytes ? given.into_l2 : into_l2);
             }
         }
     }

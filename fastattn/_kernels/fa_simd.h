@@ -83,6 +83,16 @@
 #endif
 #define FA_MAX_BLOCK_ROWS 12
 #define FA_MAX_BLOCK_VECS 4
+/* Decoding's value product on AVX-512 takes whole value rows of up to this many
+ * vectors in one register block (2 query rows x 8 vectors: 16 of the 32 registers
+ * accumulate), so that a row is read from memory in address order (see
+ * accumulate_values); 16 registers (AVX2) have no room for it. */
+#if defined(FA_BUILD_AVX512) && !defined(FA_PORTABLE) && !defined(FA_DECODE_ROW_VECS)
+#  define FA_DECODE_ROW_VECS 8
+#  define FA_DECODE_ROW_CHUNK 8    /* keys per chunk: each row block after the first reads
+                                    * the chunk from L1 */
+#endif
+#define FA_VALUE_BLOCK_VECS 8      /* the widest value_block, for its arrays */
 
 #define FA_CONCAT_(a, b) a##_##b
 #define FA_CONCAT(a, b) FA_CONCAT_(a, b)
@@ -641,7 +651,7 @@ FA_INLINE vf64 transpose_sums_f64(const vf64 *x) {
     return load_f64(sums);
 }
 
-/* keys whose dot products the decoding path takes along the head dim together */
+/* keys whose 16-bit rows the decoding path reads side by side (dot_scores_narrow) */
 #define FA_DECODE_KEY_BLOCK 4
 /* The decoding path's software prefetch: this many bytes of key (value) rows ahead
  * of the row being read (0: none). A distance in bytes, not rows: a float16 cache
