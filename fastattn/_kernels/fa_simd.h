@@ -87,10 +87,12 @@
  * vectors in one register block (2 query rows x 8 vectors: 16 of the 32 registers
  * accumulate), so that a row is read from memory in address order (see
  * accumulate_values); 16 registers (AVX2) have no room for it. */
-#if defined(FA_BUILD_AVX512) && !defined(FA_PORTABLE) && !defined(FA_DECODE_ROW_VECS)
+#if defined(FA_BUILD_AVX512) && !defined(FA_PORTABLE)
 #  define FA_DECODE_ROW_VECS 8
-#  define FA_DECODE_ROW_CHUNK 8    /* keys per chunk: each row block after the first reads
-                                    * the chunk from L1 */
+#  ifndef FA_DECODE_ROW_CHUNK
+#    define FA_DECODE_ROW_CHUNK 8    /* keys per chunk: each row block after the first
+                                      * reads the chunk from L1 */
+#  endif
 #endif
 #define FA_VALUE_BLOCK_VECS 8      /* the widest value_block, for its arrays */
 
