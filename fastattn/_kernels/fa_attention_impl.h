@@ -408,14 +408,16 @@ FA_INLINE ptrdiff_t FN(dot_scores_by_three)(const int rows, const int width,
  * up to a power of two; LANES / width keys to a vector): the LANES dot products of
  * a vector's keys and rows are reduced together (transpose_sums) and stored as that
  * vector, instead of one reduction per key and row. The slots of padding rows stay
- * zero; keys short of a whole vector go row by row (dot_scores). float32 and
- * float64 keys go one after the other, each row read whole in address order: a few
- * keys' rows read side by side along the head dim (a vector of each in turn) left
- * the hardware prefetchers behind, and a core read the cache from memory at 18 GB/s
- * against 25 in order (Zen 4, float32 D 128, 4 query rows, the product alone over
- * 128 MiB). 16-bit keys, converted as loaded, are bound by the arithmetic more than
- * by memory and keep 4 keys side by side (their chains of FMAs overlap: in address
- * order they ran 0.90-0.97x). */
+ * zero; keys short of a whole vector go row by row (dot_scores). For 2 or 4 rows,
+ * float32 and float64 keys go one after the other, each row read whole in address
+ * order: a few keys' rows read side by side along the head dim (a vector of each in
+ * turn) left the hardware prefetchers behind, and a core read the cache from memory
+ * at 18 GB/s against 25 in order (Zen 4, float32 D 128, 4 query rows, the product
+ * alone over 128 MiB). The others keep 4 keys side by side, their chains of FMAs
+ * overlapping: 16-bit keys, converted as loaded, and 6 or 8 rows are bound by the
+ * arithmetic more than by memory (in address order: 0.90-0.97x and 0.71-0.87x on
+ * one thread, with the value product's whole rows), 1 row has one chain a key
+ * (0.91-0.98x), and 3 rows ran 0.90-0.93x. */
 FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int storage,
                                      const REAL *query, ptrdiff_t head_dim_pad, const void *key,
                                      ptrdiff_t key_row, ptrdiff_t n_keys, REAL *scores,
@@ -442,7 +444,7 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
 #pragma GCC unroll 16
             for (int k = 0; k < keys_per_vector; ++k)
                 fa_prefetch_row(fetch.at + (j + k) * fetch.stride, fetch.bytes, fetch.into_l2);
-        if (storage == FA_STORAGE_NATIVE && rows >= 2) {
+        if (storage == FA_STORAGE_NATIVE && (rows == 2 || rows == 4)) {
             /* key by key, each row read whole in address order */
 #pragma GCC unroll 16
             for (int k = 0; k < keys_per_vector; ++k) {
@@ -649,13 +651,17 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
      * keys, the first pass reading a part of every row from memory: out of address
      * order, which memory served slower than whole rows in order (Zen 4, float32
      * D 128, 4 query rows, the product alone: 19 GB/s a core in passes, 28 whole).
-     * So float32 rows back to back, of up to FA_DECODE_ROW_VECS vectors, go whole,
-     * 2 query rows a block: the first block reads a chunk from memory in order, the
-     * others from L1 (with dot_scores_narrow's order, B1 32/8 heads D 128 S 32768:
-     * 1.15-1.18x on 1 thread, 1.03-1.08x on 2). 16-bit rows, bound by their
-     * conversions, keep their passes (whole: 0.62x). */
-    whole_rows = storage == FA_STORAGE_NATIVE && n_queries >= 2 && row_bytes == used_bytes
-                 && n_vecs > block_vecs && n_vecs <= FA_DECODE_ROW_VECS;
+     * So for 2 or 4 query rows, float32 rows back to back of up to
+     * FA_DECODE_ROW_VECS vectors go whole, 2 query rows a block: the first block
+     * reads a chunk from memory in order, the others from L1 (with
+     * dot_scores_narrow's order, B1 32/8 heads D 128 S 32768: 1.15-1.19x on 1 thread,
+     * 1.03-1.09x on 2; 16/8 heads 1.05-1.07x). 16-bit rows, bound by their
+     * conversions, keep their passes (whole: 0.62x), and so do the row counts that
+     * dot_scores_narrow keeps in its old order (the arithmetic bounds 6 and 8 rows;
+     * 1 row gains no reuse: 0.93-0.95x). */
+    whole_rows = storage == FA_STORAGE_NATIVE && (n_queries == 2 || n_queries == 4)
+                 && row_bytes == used_bytes && n_vecs > block_vecs
+                 && n_vecs <= FA_DECODE_ROW_VECS;
     if (whole_rows) {
         block_vecs = (int)n_vecs;
         block_rows = 2;
