@@ -565,17 +565,16 @@ static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
                                                          FA_VALUE_TABLE_ROWS(1),
                                                          FA_VALUE_TABLE_ROWS(2) };
 #ifdef FA_DECODE_ROW_VECS
-/* [rows - 1][vecs - 5]: decoding's whole float32 rows of 5 to 8 vectors */
+/* [rows - 1][vecs - 6]: decoding's whole float32 rows of 6 to 8 vectors */
 #  if FA_DECODE_ROW_VECS != 8
-#    error "value_row_blocks has rows of 5 to 8 vectors"
+#    error "value_row_blocks has rows of 6 to 8 vectors"
 #  endif
-#define FA_VALUE_ROW_BLOCK_FNS(r) FA_VALUE_FN(5, r, 0) FA_VALUE_FN(6, r, 0) \
-                                  FA_VALUE_FN(7, r, 0) FA_VALUE_FN(8, r, 0)
+#define FA_VALUE_ROW_BLOCK_FNS(r) FA_VALUE_FN(6, r, 0) FA_VALUE_FN(7, r, 0) FA_VALUE_FN(8, r, 0)
 FA_VALUE_ROW_BLOCK_FNS(1)
 FA_VALUE_ROW_BLOCK_FNS(2)
-#define FA_VALUE_ROW_TABLE_VECS(r) { FN(value_block_5_##r##_0), FN(value_block_6_##r##_0), \
-                                     FN(value_block_7_##r##_0), FN(value_block_8_##r##_0) }
-static const FN(value_fn) FN(value_row_blocks)[2][4] = { FA_VALUE_ROW_TABLE_VECS(1),
+#define FA_VALUE_ROW_TABLE_VECS(r) { FN(value_block_6_##r##_0), FN(value_block_7_##r##_0), \
+                                     FN(value_block_8_##r##_0) }
+static const FN(value_fn) FN(value_row_blocks)[2][3] = { FA_VALUE_ROW_TABLE_VECS(1),
                                                           FA_VALUE_ROW_TABLE_VECS(2) };
 #undef FA_VALUE_ROW_BLOCK_FNS
 #undef FA_VALUE_ROW_TABLE_VECS
@@ -651,16 +650,17 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
      * keys, the first pass reading a part of every row from memory: out of address
      * order, which memory served slower than whole rows in order (Zen 4, float32
      * D 128, 4 query rows, the product alone: 19 GB/s a core in passes, 28 whole).
-     * So for 2 or 4 query rows, float32 rows back to back of up to
+     * So for 2 or 4 query rows, float32 rows back to back of 6 to
      * FA_DECODE_ROW_VECS vectors go whole, 2 query rows a block: the first block
      * reads a chunk from memory in order, the others from L1 (with
      * dot_scores_narrow's order, B1 32/8 heads D 128 S 32768: 1.15-1.19x on 1 thread,
      * 1.03-1.09x on 2; 16/8 heads 1.05-1.07x). 16-bit rows, bound by their
      * conversions, keep their passes (whole: 0.62x), and so do the row counts that
      * dot_scores_narrow keeps in its old order (the arithmetic bounds 6 and 8 rows;
-     * 1 row gains no reuse: 0.93-0.95x). */
+     * 1 row gains no reuse: 0.93-0.95x), and rows of 5 vectors (D 80: 0.94-0.99x
+     * whole on 1 thread, 1.01x in passes; D 96 whole 1.05x, in passes 0.99x). */
     whole_rows = storage == FA_STORAGE_NATIVE && (n_queries == 2 || n_queries == 4)
-                 && row_bytes == used_bytes && n_vecs > block_vecs
+                 && row_bytes == used_bytes && n_vecs > block_vecs && n_vecs >= 6
                  && n_vecs <= FA_DECODE_ROW_VECS;
     if (whole_rows) {
         block_vecs = (int)n_vecs;
@@ -719,7 +719,7 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
                 const ptrdiff_t rows = n_queries - i < block_rows ? n_queries - i : block_rows;
 #ifdef FA_DECODE_ROW_VECS
                 const FN(value_fn) block = whole_rows
-                                           ? FN(value_row_blocks)[rows - 1][vecs - 5]
+                                           ? FN(value_row_blocks)[rows - 1][vecs - 6]
                                            : FN(value_blocks)[storage][rows - 1][vecs - 1];
 #else
                 const FN(value_fn) block = FN(value_blocks)[storage][rows - 1][vecs - 1];
