@@ -124,9 +124,9 @@ def test_variants(rng, variant, cache_dtype):
 
 # value dims of 3, 5 and 7 AVX2 vectors: float16 values go in blocks of up to 3
 # vectors (up to 4 rows), as even as they split (7: 3, 2, 2), the others in blocks
-# of 2; 7 and 8 AVX-512 vectors: float32 rows go whole, 2 query rows a block
-@pytest.mark.parametrize("head_dim,value_dim", [(64, 24), (70, 40), (32, 56), (48, 100),
-                                                (40, 128)])
+# of 2; 6, 7 and 8 AVX-512 vectors: float32 rows go whole, 2 query rows a block
+@pytest.mark.parametrize("head_dim,value_dim", [(64, 24), (70, 40), (32, 56), (24, 90),
+                                                (48, 100), (40, 128)])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float64] + STORAGE_16)
 @pytest.mark.parametrize("rows", range(1, 9))
 def test_every_row_count_of_the_decoding_path(simd, rng, rows, cache_dtype, head_dim, value_dim):

@@ -404,6 +404,14 @@ FA_INLINE ptrdiff_t FN(dot_scores_by_three)(const int rows, const int width,
 }
 #endif
 
+/* Decoding jobs whose float32/float64 rows are read whole, in address order, by both
+ * products (dot_scores_narrow, accumulate_values): 2 or 4 query rows. Why not the
+ * others: see dot_scores_narrow. */
+FA_INLINE int FN(decode_in_address_order)(int storage, ptrdiff_t rows)
+{
+    return storage == FA_STORAGE_NATIVE && (rows == 2 || rows == 4);
+}
+
 /* dot_scores for rows of S no wider than a vector (width <= LANES, the rows rounded
  * up to a power of two; LANES / width keys to a vector): the LANES dot products of
  * a vector's keys and rows are reduced together (transpose_sums) and stored as that
@@ -444,7 +452,7 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
 #pragma GCC unroll 16
             for (int k = 0; k < keys_per_vector; ++k)
                 fa_prefetch_row(fetch.at + (j + k) * fetch.stride, fetch.bytes, fetch.into_l2);
-        if (storage == FA_STORAGE_NATIVE && (rows == 2 || rows == 4)) {
+        if (FN(decode_in_address_order)(storage, rows)) {
             /* key by key, each row read whole in address order */
 #pragma GCC unroll 16
             for (int k = 0; k < keys_per_vector; ++k) {
@@ -566,7 +574,7 @@ static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
                                                          FA_VALUE_TABLE_ROWS(2) };
 #ifdef FA_DECODE_ROW_VECS
 /* [rows - 1][vecs - 6]: decoding's whole float32 rows of 6 to 8 vectors */
-#  if FA_DECODE_ROW_VECS != 8
+#  if FA_DECODE_ROW_MIN_VECS != 6 || FA_DECODE_ROW_VECS != 8
 #    error "value_row_blocks has rows of 6 to 8 vectors"
 #  endif
 #define FA_VALUE_ROW_BLOCK_FNS(r) FA_VALUE_FN(6, r, 0) FA_VALUE_FN(7, r, 0) FA_VALUE_FN(8, r, 0)
@@ -650,8 +658,8 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
      * keys, the first pass reading a part of every row from memory: out of address
      * order, which memory served slower than whole rows in order (Zen 4, float32
      * D 128, 4 query rows, the product alone: 19 GB/s a core in passes, 28 whole).
-     * So for 2 or 4 query rows, float32 rows back to back of 6 to
-     * FA_DECODE_ROW_VECS vectors go whole, 2 query rows a block: the first block
+     * So for 2 or 4 query rows, float32 rows back to back of FA_DECODE_ROW_MIN_VECS
+     * to FA_DECODE_ROW_VECS vectors go whole, 2 query rows a block: the first block
      * reads a chunk from memory in order, the others from L1 (with
      * dot_scores_narrow's order, B1 32/8 heads D 128 S 32768: 1.15-1.19x on 1 thread,
      * 1.03-1.09x on 2; 16/8 heads 1.05-1.07x). 16-bit rows, bound by their
@@ -659,9 +667,8 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
      * dot_scores_narrow keeps in its old order (the arithmetic bounds 6 and 8 rows;
      * 1 row gains no reuse: 0.93-0.95x), and rows of 5 vectors (D 80: 0.94-0.99x
      * whole on 1 thread, 1.01x in passes; D 96 whole 1.05x, in passes 0.99x). */
-    whole_rows = storage == FA_STORAGE_NATIVE && (n_queries == 2 || n_queries == 4)
-                 && row_bytes == used_bytes && n_vecs > block_vecs && n_vecs >= 6
-                 && n_vecs <= FA_DECODE_ROW_VECS;
+    whole_rows = FN(decode_in_address_order)(storage, n_queries) && row_bytes == used_bytes
+                 && n_vecs >= FA_DECODE_ROW_MIN_VECS && n_vecs <= FA_DECODE_ROW_VECS;
     if (whole_rows) {
         block_vecs = (int)n_vecs;
         block_rows = 2;

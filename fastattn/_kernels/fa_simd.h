@@ -89,6 +89,7 @@
  * accumulate_values); 16 registers (AVX2) have no room for it. */
 #if defined(FA_BUILD_AVX512) && !defined(FA_PORTABLE)
 #  define FA_DECODE_ROW_VECS 8
+#  define FA_DECODE_ROW_MIN_VECS 6   /* rows of 5 (D 80) keep their passes */
 #  ifndef FA_DECODE_ROW_CHUNK
 #    define FA_DECODE_ROW_CHUNK 8    /* keys per chunk: each row block after the first
                                       * reads the chunk from L1 */
