@@ -17,6 +17,7 @@ decoding; sliding windows; MultiHeadAttention against torch's; training's forwar
 each; and the blog's functions at blog size against the blog's own NumPy code.
 """
 import functools
+import itertools
 import os
 import statistics
 import subprocess
@@ -249,23 +250,42 @@ def run_window(torch, threads, repeats, windows=(256, 512, 1024),
     return slopes
 
 
+class StreamingRead:
+    """One streaming read of ``mebibytes`` of memory with ``threads`` threads per
+    call: bitwise-OR reductions of an array of 64-bit integers, one slice per
+    thread (NumPy releases the GIL; an integer OR costs nothing next to the
+    memory, where a float sum's pairwise adds would not: measured here, 18.6 GB/s
+    against 13.5 for np.sum and 18.1 for torch's 2-thread sum). A context
+    manager: its threads and array go on leaving."""
+
+    def __init__(self, threads, mebibytes=512):
+        from concurrent.futures import ThreadPoolExecutor
+        self.data = np.ones(mebibytes * MIB // 8, dtype=np.uint64)
+        self.nbytes = self.data.nbytes
+        self._slices = np.array_split(self.data, threads)
+        self._pool = ThreadPoolExecutor(threads)
+        self()                                   # pages in, threads up
+
+    def __call__(self):
+        list(self._pool.map(np.bitwise_or.reduce, self._slices))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._pool.shutdown()
+        del self.data, self._slices
+
+
 def read_bandwidth(threads, mebibytes=512, repeats=5):
     """Bytes per second this machine streams from memory with ``threads`` threads:
-    the best of ``repeats`` bitwise-OR reductions of a ``mebibytes`` array of
-    64-bit integers, one slice per thread (NumPy releases the GIL; an integer OR
-    costs nothing next to the memory, where a float sum's pairwise adds would
-    not: measured here, 18.6 GB/s against 13.5 for np.sum and 18.1 for torch's
-    2-thread sum)."""
-    from concurrent.futures import ThreadPoolExecutor
-    data = np.ones(mebibytes * MIB // 8, dtype=np.uint64)
-    slices = np.array_split(data, threads)
+    the best of ``repeats`` StreamingRead calls."""
     best = 0.0
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(np.bitwise_or.reduce, slices))       # pages in, threads up
+    with StreamingRead(threads, mebibytes) as read:
         for _ in range(repeats):
             start = time.perf_counter()
-            list(pool.map(np.bitwise_or.reduce, slices))
-            best = max(best, data.nbytes / (time.perf_counter() - start))
+            read()
+            best = max(best, read.nbytes / (time.perf_counter() - start))
     return best
 
 
@@ -428,23 +448,29 @@ def _storage_dtypes():
 def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=None):
     """One new token (Lq = 1) attending to a full KV cache, float32, float16 and
     (with ml_dtypes) bfloat16 caches: time, K/V bytes read per second, that as a
-    share of this machine's read bandwidth measured here, and torch's SDPA and
-    onnxruntime's Attention op on the same data (checked against ours before
-    timing)."""
+    share of this machine's read bandwidth, and torch's SDPA and onnxruntime's
+    Attention op on the same data (checked against ours before timing).
+
+    The read bandwidth is timed with each row, a streaming read of 512 MiB being
+    one more contender of its rounds: a shared machine's memory changes its rate
+    from one minute to the next (here 35 and 58 GB/s, minutes apart), and a
+    figure taken once for the section put rows at 59% or 113% of it."""
     dtypes = _storage_dtypes() if dtypes is None else dtypes
     bandwidth = read_bandwidth(threads)
     print(f"\ndecode over a KV cache, Lq = 1: read bandwidth measured now ({threads} threads, "
-          f"OR-reduction of 512 MiB): {bandwidth / 1e9:.1f} GB/s")
+          f"OR-reduction of 512 MiB): {bandwidth / 1e9:.1f} GB/s; each row's % bw against "
+          f"the same read timed in that row's rounds (its GB/s in 'read')")
     header = (f"{'cache':>8} {'B':>2} {'Hq/Hkv':>6} {'D':>4} {'S':>6} {'fastattn ms':>12} "
-              f"{'GB/s':>6} {'% bw':>5} {'torch ms':>9} {'onnxrt ms':>10} {'vs torch':>9} "
-              f"{'vs onnxrt':>10}")
+              f"{'GB/s':>6} {'read':>5} {'% bw':>5} {'torch ms':>9} {'onnxrt ms':>10} "
+              f"{'vs torch':>9} {'vs onnxrt':>10}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
     results = []
-    for dtype in map(np.dtype, dtypes):
-        dtype_name = dtype.name
-        for batch, q_heads, kv_heads, head_dim, n_keys in rows:
+    with StreamingRead(threads) as memory:
+        for dtype, (batch, q_heads, kv_heads, head_dim, n_keys) in itertools.product(
+                map(np.dtype, dtypes), rows):
+            dtype_name = dtype.name
             q = rng.standard_normal((batch, q_heads, 1, head_dim), dtype=np.float32).astype(dtype)
             k_cache = rng.standard_normal((batch, kv_heads, n_keys, head_dim),
                                           dtype=np.float32).astype(dtype)
@@ -464,12 +490,15 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=None):
                 feeds = {"Q": q, "K": k_cache, "V": v_cache}
                 if _checked("onnxruntime", lambda: session.run(None, feeds)[0], ours, tolerance):
                     contenders["onnxruntime"] = lambda: session.run(None, feeds)
+            contenders["memory"] = memory
             medians = _interleaved_medians(contenders, repeats, settle_seconds=0.25)
             seconds = medians["fastattn"]
             rate = (k_cache.nbytes + v_cache.nbytes) / seconds
+            row_bandwidth = memory.nbytes / medians["memory"]
             row = {"cache": dtype_name, "batch": batch, "heads": (q_heads, kv_heads),
                    "head_dim": head_dim, "n_keys": n_keys, "fastattn_s": seconds,
-                   "gb_per_s": rate / 1e9, "bandwidth_share": rate / bandwidth,
+                   "gb_per_s": rate / 1e9, "read_gb_per_s": row_bandwidth / 1e9,
+                   "bandwidth_share": rate / row_bandwidth,
                    "torch_s": medians.get("torch"), "onnxruntime_s": medians.get("onnxruntime")}
             results.append(row)
 
@@ -483,7 +512,8 @@ def run_decode(torch, threads, repeats, rows=DECODE_ROWS, dtypes=None):
 
             print(f"{dtype_name:>8} {batch:>2} {q_heads:>3}/{kv_heads:<2} {head_dim:>4} "
                   f"{n_keys:>6} {seconds * 1e3:12.3f} {rate / 1e9:6.1f} "
-                  f"{100 * rate / bandwidth:4.0f}% {ms('torch', 9)} {ms('onnxruntime', 10)} "
+                  f"{row_bandwidth / 1e9:5.1f} {100 * rate / row_bandwidth:4.0f}% "
+                  f"{ms('torch', 9)} {ms('onnxruntime', 10)} "
                   f"{ratio('torch', 9)} {ratio('onnxruntime', 10)}", flush=True)
     narrow = [np.dtype(d) for d in dtypes if np.dtype(d).itemsize == 2]
     if "float32" in map(str, dtypes) and narrow:
