@@ -238,3 +238,32 @@ def test_no_timed_block_follows_a_blas_call_without_a_pause(monkeypatch):
             raise AssertionError(f"{events[after][1]} ran right after sgemm: {events}")
     first_timed = calls[3]
     assert any(event[0] == "sleep" for event in events[calls[2] + 1:first_timed])
+
+
+def test_decode_rows_against_the_read_timed_in_their_rounds(monkeypatch):
+    """Each decode row's share of the bandwidth is its own rate over the streaming
+    read timed in the same rounds, not over the one figure printed for the section."""
+    reads = []
+    real_call = bench.StreamingRead.__call__
+
+    def counted(self):
+        reads.append(self.nbytes)
+        real_call(self)
+
+    monkeypatch.setattr(bench.StreamingRead, "__call__", counted)
+    monkeypatch.setattr(bench, "_onnx_attention", lambda *args, **kwargs: None)
+    bandwidth, rows = bench.run_decode(None, 1, 2, rows=[(1, 2, 1, 16, 64), (1, 4, 2, 8, 32)],
+                                       dtypes=("float32",))
+    assert len(rows) == 2 and bandwidth > 0
+    for row in rows:
+        assert row["read_gb_per_s"] > 0
+        assert row["bandwidth_share"] == pytest.approx(row["gb_per_s"] / row["read_gb_per_s"])
+    # the section's figure (1 + 5 calls), then per row a warm-up and >= 1 call a round
+    assert len(reads) >= 6 + 2 * (1 + 2)
+
+
+def test_streaming_read_lets_go_of_its_memory():
+    with bench.StreamingRead(2, mebibytes=8) as read:
+        read()
+        assert read.nbytes == 8 * 2**20
+    assert not hasattr(read, "data")
