@@ -573,7 +573,7 @@ static const FN(value_fn) FN(value_blocks)[3][8][4] = { FA_VALUE_TABLE_ROWS(0),
                                                          FA_VALUE_TABLE_ROWS(1),
                                                          FA_VALUE_TABLE_ROWS(2) };
 #ifdef FA_DECODE_ROW_VECS
-/* [rows - 1][vecs - 6]: decoding's whole float32 rows of 6 to 8 vectors */
+/* [rows - 1][vecs - 6]: decoding's whole float32/float64 rows of 6 to 8 vectors */
 #  if FA_DECODE_ROW_MIN_VECS != 6 || FA_DECODE_ROW_VECS != 8
 #    error "value_row_blocks has rows of 6 to 8 vectors"
 #  endif
@@ -658,7 +658,7 @@ static void FN(accumulate_values)(const int storage, const REAL *probs, ptrdiff_
      * keys, the first pass reading a part of every row from memory: out of address
      * order, which memory served slower than whole rows in order (Zen 4, float32
      * D 128, 4 query rows, the product alone: 19 GB/s a core in passes, 28 whole).
-     * So for 2 or 4 query rows, float32 rows back to back of FA_DECODE_ROW_MIN_VECS
+     * So for 2 or 4 query rows, float32/float64 rows back to back of FA_DECODE_ROW_MIN_VECS
      * to FA_DECODE_ROW_VECS vectors go whole, 2 query rows a block: the first block
      * reads a chunk from memory in order, the others from L1 (with
      * dot_scores_narrow's order, B1 32/8 heads D 128 S 32768: 1.15-1.19x on 1 thread,
