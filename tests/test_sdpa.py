@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastattn import scaled_dot_product_attention, scaled_dot_product_attention_with_weights
+from fastattn.attention import tile_sizes
 from tests.cases import MASK_KINDS, SHAPES, make_inputs, make_mask
 from tests.reference import reference_attention, reference_attention_with_weights, tolerance
 
@@ -82,6 +83,27 @@ def test_huge_logits_do_not_overflow(simd, rng, dtype, sign):
     assert np.isfinite(out).all()
     out = check(q, k, v, scale=sign * 1e4, is_causal=True)
     assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile_keys", [32, 256])
+def test_score_products_column_max_is_the_softmax_max(simd, rng, dtype, tile_keys):
+    # Unmasked tiles take each column's max from the score product's register
+    # blocks, masked ones from a pass over the scores: the same max gives the same
+    # bits. One key at a time gets a logit far beyond exp's range, in every row of a
+    # register block and of the last, partial one; a wrong max overflows or differs.
+    q = rng.standard_normal((1, 2, 40, 8)).astype(dtype)
+    k = rng.standard_normal((1, 2, 67, 8)).astype(dtype)
+    v = rng.standard_normal((1, 2, 67, 8)).astype(dtype)
+    everywhere = np.ones((40, 67), dtype=bool)
+    with tile_sizes(keys=tile_keys):
+        for key in range(67):
+            big = k.copy()
+            big[..., key, :] = 50 * q[..., key % 40, :]
+            out = scaled_dot_product_attention(q, big, v, scale=30.0)
+            masked = scaled_dot_product_attention(q, big, v, scale=30.0, attn_mask=everywhere)
+            assert np.isfinite(out).all()
+            np.testing.assert_array_equal(out, masked)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

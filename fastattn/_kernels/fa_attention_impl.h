@@ -59,6 +59,8 @@ typedef struct {
                             FA_PITCH(width) apart) otherwise */
     REAL *packed_value;  /* tile_keys x value_dim (padded to lanes), aligned */
     REAL *row_max, *row_sum, *shift, *rescale;   /* tile_queries each */
+    REAL *tile_max;      /* tile_queries: each column's max over a key tile, kept by the
+                            score product where nothing changes the scores after it */
     REAL *column_position, *column_slope;        /* tile_queries each: each query's key
                                                     position and ALiBi slope */
     REAL *packed_key;    /* tile_keys x head_dim_pad: a key tile converted from float16,
@@ -90,16 +92,18 @@ static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t 
     const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
     const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
     const ptrdiff_t widest = FA_ROUND_UP(tile_queries, LANES) + LANES;   /* a pitch, at most */
-    enum { N_PARTS = 12 };
+    enum { N_PARTS = 13 };
     const ptrdiff_t sizes[N_PARTS] = {
         head_dim * widest, tile_keys * tile_queries + LANES, widest * value_dim_pad,
         tile_keys * value_dim_pad, tile_queries, tile_queries, tile_queries, tile_queries,
         tile_queries, tile_queries, tile_keys * head_dim_pad, FA_DECODE_MAX_ROWS * head_dim_pad,
+        tile_queries,
     };
     REAL **slots[N_PARTS] = {
         &parts->packed_query, &parts->scores, &parts->acc, &parts->packed_value,
         &parts->row_max, &parts->row_sum, &parts->shift, &parts->rescale,
         &parts->column_position, &parts->column_slope, &parts->packed_key, &parts->query_rows,
+        &parts->tile_max,
     };
     return FN(carve_scratch)(base, N_PARTS, sizes, slots);
 }
@@ -116,13 +120,14 @@ int FN(fa_lanes)(void) { return LANES; }
 /* c[r][:] (+)= sum_e a[r][e] * b[e][:] for a rows x (vecs * LANES) block: the
  * scores (a = K, b = Qt), the values (a = V^T, b = P) and the projections (a = X,
  * b = W^T). When accumulating, c's columns are first multiplied by column_scale
- * (unless NULL). `rows` and `vecs` are constants at every call, so the
- * accumulators live in registers. */
+ * (unless NULL). With column_max (or NULL), each column's max over the block's
+ * rows is folded into column_max[column]. `rows` and `vecs` are constants at every
+ * call, so the accumulators live in registers. */
 FA_INLINE void FN(gemm_block)(const int vecs, const int rows,
                               const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col,
                               const REAL *b, ptrdiff_t b_row, ptrdiff_t depth,
                               REAL *c, ptrdiff_t c_row, int accumulate,
-                              const REAL *column_scale)
+                              const REAL *column_scale, REAL *column_max)
 {
     VREAL acc[FA_MAX_BLOCK_ROWS][FA_MAX_BLOCK_VECS];
     if (accumulate && column_scale) {
@@ -150,6 +155,15 @@ FA_INLINE void FN(gemm_block)(const int vecs, const int rows,
             const REAL x = a[r * a_row + e * a_col];
 #pragma GCC unroll 8
             for (int v = 0; v < vecs; ++v) acc[r][v] += bv[v] * x;
+        }
+    }
+    if (column_max) {
+#pragma GCC unroll 8
+        for (int v = 0; v < vecs; ++v) {
+            VREAL m = VLOAD(column_max + v * LANES);
+#pragma GCC unroll 8
+            for (int r = 0; r < rows; ++r) m = VMAX(m, acc[r][v]);   /* as the softmax's pass */
+            VSTORE(column_max + v * LANES, m);
         }
     }
 #pragma GCC unroll 8
@@ -224,7 +238,7 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
 
 /* The rows left after the whole register blocks, as one block of `rows_left` rows */
 #if FA_SCORE_ROWS > 8
-#  error "gemm_packed's last block has up to 7 rows"
+#  error "gemm_shaped's last block has up to 7 rows"
 #endif
 #define FA_GEMM_ROWS_CASE(n, vecs, ...) \
     case n: FA_DISPATCH_VECS(FN(gemm_block), vecs, n, __VA_ARGS__) break;
@@ -247,33 +261,58 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
 #endif
 
 /* c (rows x width) (+)= a (rows x depth, any strides) . b (depth x width, rows
- * b_row apart); width is a multiple of LANES, c rows are c_row apart. Accumulating,
- * c's columns are first scaled by column_scale (width of them) unless it is NULL.
- * `ahead` (or NULL) fetches a later operand meanwhile, after each register block. */
+ * b_row apart), in register blocks of block_rows x block_vecs; width is a multiple
+ * of LANES, c rows are c_row apart. Accumulating, c's columns are first scaled by
+ * column_scale (width of them) unless it is NULL. `ahead` (or NULL) fetches a later
+ * operand meanwhile, after each register block. */
+FA_INLINE void FN(gemm_shaped)(const int block_rows, const int block_vecs,
+                               const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
+                               const REAL *b, ptrdiff_t b_row, ptrdiff_t width,
+                               ptrdiff_t depth, REAL *c, ptrdiff_t c_row, int accumulate,
+                               const REAL *column_scale, REAL *column_max,
+                               fa_fetch_ahead *ahead)
+{
+    const ptrdiff_t n_vecs = width / LANES;
+    for (ptrdiff_t v0 = 0; v0 < n_vecs; v0 += block_vecs) {
+        const int vecs = (int)(n_vecs - v0 < block_vecs ? n_vecs - v0 : block_vecs);
+        const REAL *bp = b + v0 * LANES;
+        REAL *cp = c + v0 * LANES;
+        const REAL *scale = column_scale ? column_scale + v0 * LANES : NULL;
+        REAL *max = column_max ? column_max + v0 * LANES : NULL;
+        ptrdiff_t r = 0;
+        for (; r + block_rows <= rows; r += block_rows) {
+            FA_DISPATCH_VECS(FN(gemm_block), vecs, block_rows, a + r * a_row, a_row, a_col,
+                             bp, b_row, depth, cp + r * c_row, c_row, accumulate, scale, max)
+            fa_fetch_some(ahead);
+        }
+        FA_GEMM_LAST_BLOCK(rows - r, vecs, a + r * a_row, a_row, a_col, bp, b_row, depth,
+                           cp + r * c_row, c_row, accumulate, scale, max)
+    }
+}
+
+/* gemm_shaped in the score product's blocks (the backward's products too) */
 static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
                             const REAL *b, ptrdiff_t b_row, ptrdiff_t width, ptrdiff_t depth,
                             REAL *c, ptrdiff_t c_row, int accumulate,
                             const REAL *column_scale, fa_fetch_ahead *ahead)
 {
-    const ptrdiff_t n_vecs = width / LANES;
-    for (ptrdiff_t v0 = 0; v0 < n_vecs; v0 += FA_SCORE_VECS) {
-        const int vecs = (int)(n_vecs - v0 < FA_SCORE_VECS ? n_vecs - v0 : FA_SCORE_VECS);
-        const REAL *bp = b + v0 * LANES;
-        REAL *cp = c + v0 * LANES;
-        const REAL *scale = column_scale ? column_scale + v0 * LANES : NULL;
-        ptrdiff_t r = 0;
-        for (; r + FA_SCORE_ROWS <= rows; r += FA_SCORE_ROWS) {
-            FA_DISPATCH_VECS(FN(gemm_block), vecs, FA_SCORE_ROWS, a + r * a_row, a_row, a_col,
-                             bp, b_row, depth, cp + r * c_row, c_row, accumulate, scale)
-            fa_fetch_some(ahead);
-        }
-        FA_GEMM_LAST_BLOCK(rows - r, vecs, a + r * a_row, a_row, a_col, bp, b_row, depth,
-                           cp + r * c_row, c_row, accumulate, scale)
-    }
+    FN(gemm_shaped)(FA_SCORE_ROWS, FA_SCORE_VECS, a, a_row, a_col, rows, b, b_row, width,
+                    depth, c, c_row, accumulate, column_scale, NULL, ahead);
 }
 
-/* The whole register blocks gemm_packed runs for c of rows x width: each is followed
- * by a step of its fetch ahead */
+/* gemm_packed that also leaves each column's max in column_max (width of them):
+ * the prefill's scores, saving the softmax a pass over them */
+static void FN(gemm_scores)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
+                            const REAL *b, ptrdiff_t b_row, ptrdiff_t width, ptrdiff_t depth,
+                            REAL *c, ptrdiff_t c_row, REAL *column_max, fa_fetch_ahead *ahead)
+{
+    for (ptrdiff_t i = 0; i < width; ++i) column_max[i] = -INFINITY;
+    FN(gemm_shaped)(FA_SCORE_ROWS, FA_SCORE_VECS, a, a_row, a_col, rows, b, b_row, width,
+                    depth, c, c_row, 0, NULL, column_max, ahead);
+}
+
+/* The whole register blocks gemm_packed (gemm_scores) runs for c of rows x width:
+ * each is followed by a step of its fetch ahead */
 static ptrdiff_t FN(gemm_blocks)(ptrdiff_t rows, ptrdiff_t width)
 {
     return (width + FA_PANEL - 1) / FA_PANEL * (rows / FA_SCORE_ROWS);
@@ -778,6 +817,19 @@ static void FN(transform_narrow_rows)(const fa_job *job, ptrdiff_t key_start, pt
  * relative to first_position (the first column's: small numbers, exact as REAL
  * whatever the sequence length), and ALiBi slope. Tiles wholly inside every
  * query's band skip the band arithmetic. */
+/* Whether every query column of the tile sees keys [key_start, key_start + n_keys):
+ * key k is seen by the columns whose position p has k - right <= p <= k + left; the
+ * positions grow with the column, so the first and last columns decide (the padding
+ * columns past the tile's queries repeat the last position, and are ignored either
+ * way). */
+static int FN(inside_band)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                           ptrdiff_t first_position, const REAL *position)
+{
+    const ptrdiff_t last_position = first_position + (ptrdiff_t)position[job->n_queries - 1];
+    return key_start + n_keys - 1 - job->window_right <= first_position &&
+           key_start + job->window_left >= last_position;
+}
+
 static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                                  ptrdiff_t width, ptrdiff_t first_position,
                                  const REAL *position, const REAL *slope, REAL *scores,
@@ -794,14 +846,8 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
             VSTORE(scores + at, t * cap);
         }
     }
-    /* key k is seen by the columns whose position p has k - right <= p <= k + left;
-     * the positions grow with the column, so the first and last columns decide
-     * whether the whole tile is inside the band (the padding columns past the
-     * tile's queries repeat the last position, and are ignored either way) */
     const ptrdiff_t left = job->window_left, right = job->window_right;
-    const ptrdiff_t last_position = first_position + (ptrdiff_t)position[nq - 1];
-    const int inside_band = key_start + n_keys - 1 - right <= first_position &&
-                            key_start + left >= last_position;
+    const int inside_band = FN(inside_band)(job, key_start, n_keys, first_position, position);
     if (width < LANES) {
         FN(transform_narrow_rows)(job, key_start, n_keys, width, first_position, position,
                                   slope, scores, inside_band);
@@ -821,7 +867,7 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
             REAL *s = scores + j * width;
             const ptrdiff_t k = key_start + j;
-            if (k - right <= first_position && k + left >= last_position) continue;
+            if (FN(inside_band)(job, k, 1, first_position, position)) continue;
             /* relative positions: whole numbers, exact as REAL near the band's edges */
             const VREAL lowest = VSPLAT((REAL)(k - right - first_position));
             const VREAL highest = VSPLAT((REAL)(k + left - first_position));
@@ -871,15 +917,21 @@ FA_INLINE VREAL FN(fold_max)(VREAL x, ptrdiff_t period)
  * the caller at the end. */
 FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_keys,
                                    ptrdiff_t width, REAL *row_max, REAL *row_sum,
-                                   REAL *shift, REAL *rescale, ptrdiff_t period)
+                                   REAL *shift, REAL *rescale, ptrdiff_t period,
+                                   const REAL *given_max)
 {
     VREAL tile_max[FA_MAX_BLOCK_VECS], s[FA_MAX_BLOCK_VECS], sum[FA_MAX_BLOCK_VECS];
+    if (given_max) {
 #pragma GCC unroll 4
-    for (int c = 0; c < vecs; ++c) tile_max[c] = VSPLAT(-INFINITY);
-    for (ptrdiff_t j = 0; j < n_keys; ++j)
+        for (int c = 0; c < vecs; ++c) tile_max[c] = VLOAD(given_max + c * LANES);
+    } else {
 #pragma GCC unroll 4
-        for (int c = 0; c < vecs; ++c)
-            tile_max[c] = VMAX(tile_max[c], VLOAD(scores + j * width + c * LANES));
+        for (int c = 0; c < vecs; ++c) tile_max[c] = VSPLAT(-INFINITY);
+        for (ptrdiff_t j = 0; j < n_keys; ++j)
+#pragma GCC unroll 4
+            for (int c = 0; c < vecs; ++c)
+                tile_max[c] = VMAX(tile_max[c], VLOAD(scores + j * width + c * LANES));
+    }
     if (period < LANES) tile_max[0] = FN(fold_max)(tile_max[0], period);
 #pragma GCC unroll 4
     for (int c = 0; c < vecs; ++c) {
@@ -907,8 +959,10 @@ FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_key
                VLOAD(row_sum + c * LANES) * VLOAD(rescale + c * LANES) + sum[c]);
 }
 
+/* tile_max: each column's max over the tile, when the score product kept it (or NULL) */
 static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
-                               REAL *row_max, REAL *row_sum, REAL *shift, REAL *rescale)
+                               REAL *row_max, REAL *row_sum, REAL *shift, REAL *rescale,
+                               const REAL *tile_max)
 {
     if (width < LANES) {
         /* narrow rows (decoding): LANES / width keys per vector; the keys that
@@ -917,14 +971,15 @@ static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
         const ptrdiff_t n_vectors = (n_keys + keys_per_vector - 1) / keys_per_vector;
         for (ptrdiff_t at = n_keys * width; at < n_vectors * LANES; ++at) scores[at] = -INFINITY;
         FN(softmax_columns)(1, scores, n_vectors, LANES, row_max, row_sum, shift, rescale,
-                            width);
+                            width, NULL);
         return;
     }
     for (ptrdiff_t c0 = 0; c0 < width; c0 += FA_MAX_BLOCK_VECS * LANES) {
         const ptrdiff_t left = (width - c0) / LANES;
         const int vecs = (int)(left < FA_MAX_BLOCK_VECS ? left : FA_MAX_BLOCK_VECS);
         FA_DISPATCH_VECS(FN(softmax_columns), vecs, scores + c0, n_keys, width,
-                         row_max + c0, row_sum + c0, shift + c0, rescale + c0, LANES)
+                         row_max + c0, row_sum + c0, shift + c0, rescale + c0, LANES,
+                         tile_max ? tile_max + c0 : NULL)
     }
 }
 
@@ -1303,6 +1358,12 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
             key_col_stride = 1;
             key_storage = FA_STORAGE_NATIVE;
         }
+        /* transform_scores leaves this tile's scores as the product made them: its
+         * column maxes can come from the product */
+        const int scores_kept =
+            !decoding && job->softcap <= 0 && !job->alibi_slopes &&
+            job->mask_kind == FA_MASK_NONE &&
+            FN(inside_band)(job, k0, nk, first_position, w.column_position);
         /* S (nk x width) = K_j . Qt */
         if (decoding) {
             /* the keys some way on, from memory (the tile streams through once); the
@@ -1326,14 +1387,20 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
             FN(fetch_rows)(&ahead, job->value, job->value_row_stride,
                            job->value_col_stride, value_dim, kv_bytes, k0, nk,
                            FN(gemm_blocks)(nk, width));
-            FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
-                            w.packed_query, pitch, width, head_dim, w.scores, width, 0, NULL,
-                            &ahead);
+            if (scores_kept)
+                FN(gemm_scores)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
+                                w.packed_query, pitch, width, head_dim, w.scores, width,
+                                w.tile_max, &ahead);
+            else
+                FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
+                                w.packed_query, pitch, width, head_dim, w.scores, width, 0,
+                                NULL, &ahead);
         }
         FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
                              w.column_slope, w.scores, NULL);
         if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
-        FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale);
+        FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale,
+                           scores_kept ? w.tile_max : NULL);
 
         const void *value_tile = (const char *)job->value + k0 * job->value_row_stride * kv_bytes;
         if (!decoding) {

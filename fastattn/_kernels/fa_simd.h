@@ -128,6 +128,7 @@
 #if defined(FA_PORTABLE)
 typedef float vf32;
 typedef int32_t vi32;
+typedef uint32_t vu32;
 typedef double vf64;
 typedef int64_t vi64;
 #  define FA_LANES_F32 1
@@ -135,6 +136,7 @@ typedef int64_t vi64;
 #else
 typedef float vf32 __attribute__((vector_size(FA_VEC_BYTES)));
 typedef int32_t vi32 __attribute__((vector_size(FA_VEC_BYTES)));
+typedef uint32_t vu32 __attribute__((vector_size(FA_VEC_BYTES)));
 typedef double vf64 __attribute__((vector_size(FA_VEC_BYTES)));
 typedef int64_t vi64 __attribute__((vector_size(FA_VEC_BYTES)));
 #  define FA_LANES_F32 ((int)(FA_VEC_BYTES / sizeof(float)))
@@ -262,7 +264,7 @@ FA_INLINE vf64 scale_pow2_f64(vf64 x, double bound, vf64 p, vf64 n, vi64 n_int) 
  * low bits then hold n as an integer, which avoids float->int conversions that
  * SSE2/AVX2 lack for doubles (AVX-512 takes r from vreduceps, and scales by vscalef).
  * Inputs below the smallest normal result give exactly 0 (also -inf: masked
- * keys), never a subnormal (slow on x86); NaN stays NaN. */
+ * keys), not subnormals (slow on x86); NaN stays NaN. */
 FA_INLINE vf32 exp_nonpositive_f32(vf32 x) {
     const float lowest = -87.33654f;                    /* e^lowest = FLT_MIN */
     const float log2e = 1.44269504088896341f;
@@ -275,12 +277,12 @@ FA_INLINE vf32 exp_nonpositive_f32(vf32 x) {
     const vf32 n = t - r;
     const vi32 n_int = bits_f32(n);                     /* unused: vscalef takes n */
 #else
+    /* below `lowest`, n and the bits built from it are wrong: the final select
+     * replaces those results by 0 */
     const float magic = 12582912.0f;                    /* 1.5 * 2^23 */
-    const vf32 clamped = max_f32(splat_f32(lowest), x); /* n_int stays in range */
-    const vf32 shifted = clamped * log2e + magic;
+    const vf32 shifted = x * log2e + magic;
     const vf32 n = shifted - magic;
-    const vi32 n_int = bits_f32(shifted) - bits_f32(splat_f32(magic));
-    const vf32 r = clamped * log2e - n;                 /* one rounding, with FMA */
+    const vf32 r = x * log2e - n;                       /* one rounding, with FMA */
 #endif
     /* 2^r: degree-5 fit with exact 2^0 = 1, least relative error on [-1/2, 1/2]:
      * 9e-8, 1.6e-7 in float arithmetic (measured); e^x to 2e-7 relative */
@@ -290,7 +292,15 @@ FA_INLINE vf32 exp_nonpositive_f32(vf32 x) {
     p = p * r + 2.4022242e-1f;
     p = p * r + 6.9314700e-1f;
     p = p * r + 1.0f;
+#if defined(FA_BUILD_AVX512)
     return scale_pow2_f32(x, lowest, p, n, n_int);
+#else
+    /* p * 2^n as n added to p's exponent field: an integer add where a multiply would
+     * take an FMA port (the softmax is bound by them). n << 23 is shifted's bits << 23,
+     * the magic's own bits shifting out. */
+    return keep_at_least_f32(x, lowest, from_bits_f32((vi32)((vu32)bits_f32(p)
+                                                             + ((vu32)bits_f32(shifted) << 23))));
+#endif
 }
 
 FA_INLINE vf64 exp_nonpositive_f64(vf64 x) {
