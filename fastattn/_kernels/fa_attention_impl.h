@@ -238,7 +238,7 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
 
 /* The rows left after the whole register blocks, as one block of `rows_left` rows */
 #if FA_SCORE_ROWS > 8
-#  error "gemm_shaped's last block has up to 7 rows"
+#  error "gemm_register_blocks' last block has up to 7 rows"
 #endif
 #define FA_GEMM_ROWS_CASE(n, vecs, ...) \
     case n: FA_DISPATCH_VECS(FN(gemm_block), vecs, n, __VA_ARGS__) break;
@@ -261,27 +261,27 @@ FA_INLINE void FN(value_block)(const int vecs, const int rows, const int storage
 #endif
 
 /* c (rows x width) (+)= a (rows x depth, any strides) . b (depth x width, rows
- * b_row apart), in register blocks of block_rows x block_vecs; width is a multiple
- * of LANES, c rows are c_row apart. Accumulating, c's columns are first scaled by
- * column_scale (width of them) unless it is NULL. `ahead` (or NULL) fetches a later
- * operand meanwhile, after each register block. */
-FA_INLINE void FN(gemm_shaped)(const int block_rows, const int block_vecs,
-                               const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
-                               const REAL *b, ptrdiff_t b_row, ptrdiff_t width,
-                               ptrdiff_t depth, REAL *c, ptrdiff_t c_row, int accumulate,
-                               const REAL *column_scale, REAL *column_max,
-                               fa_fetch_ahead *ahead)
+ * b_row apart); width is a multiple of LANES, c rows are c_row apart. Accumulating,
+ * c's columns are first scaled by column_scale (width of them) unless it is NULL;
+ * with column_max (or NULL), each column's max is folded into it. `ahead` (or NULL)
+ * fetches a later operand meanwhile, after each register block. */
+FA_INLINE void FN(gemm_register_blocks)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col,
+                                        ptrdiff_t rows, const REAL *b, ptrdiff_t b_row,
+                                        ptrdiff_t width, ptrdiff_t depth, REAL *c,
+                                        ptrdiff_t c_row, int accumulate,
+                                        const REAL *column_scale, REAL *column_max,
+                                        fa_fetch_ahead *ahead)
 {
     const ptrdiff_t n_vecs = width / LANES;
-    for (ptrdiff_t v0 = 0; v0 < n_vecs; v0 += block_vecs) {
-        const int vecs = (int)(n_vecs - v0 < block_vecs ? n_vecs - v0 : block_vecs);
+    for (ptrdiff_t v0 = 0; v0 < n_vecs; v0 += FA_SCORE_VECS) {
+        const int vecs = (int)(n_vecs - v0 < FA_SCORE_VECS ? n_vecs - v0 : FA_SCORE_VECS);
         const REAL *bp = b + v0 * LANES;
         REAL *cp = c + v0 * LANES;
         const REAL *scale = column_scale ? column_scale + v0 * LANES : NULL;
         REAL *max = column_max ? column_max + v0 * LANES : NULL;
         ptrdiff_t r = 0;
-        for (; r + block_rows <= rows; r += block_rows) {
-            FA_DISPATCH_VECS(FN(gemm_block), vecs, block_rows, a + r * a_row, a_row, a_col,
+        for (; r + FA_SCORE_ROWS <= rows; r += FA_SCORE_ROWS) {
+            FA_DISPATCH_VECS(FN(gemm_block), vecs, FA_SCORE_ROWS, a + r * a_row, a_row, a_col,
                              bp, b_row, depth, cp + r * c_row, c_row, accumulate, scale, max)
             fa_fetch_some(ahead);
         }
@@ -290,14 +290,14 @@ FA_INLINE void FN(gemm_shaped)(const int block_rows, const int block_vecs,
     }
 }
 
-/* gemm_shaped in the score product's blocks (the backward's products too) */
+/* Every product but the prefill's scores */
 static void FN(gemm_packed)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptrdiff_t rows,
                             const REAL *b, ptrdiff_t b_row, ptrdiff_t width, ptrdiff_t depth,
                             REAL *c, ptrdiff_t c_row, int accumulate,
                             const REAL *column_scale, fa_fetch_ahead *ahead)
 {
-    FN(gemm_shaped)(FA_SCORE_ROWS, FA_SCORE_VECS, a, a_row, a_col, rows, b, b_row, width,
-                    depth, c, c_row, accumulate, column_scale, NULL, ahead);
+    FN(gemm_register_blocks)(a, a_row, a_col, rows, b, b_row, width, depth, c, c_row,
+                             accumulate, column_scale, NULL, ahead);
 }
 
 /* gemm_packed that also leaves each column's max in column_max (width of them):
@@ -307,8 +307,8 @@ static void FN(gemm_scores)(const REAL *a, ptrdiff_t a_row, ptrdiff_t a_col, ptr
                             REAL *c, ptrdiff_t c_row, REAL *column_max, fa_fetch_ahead *ahead)
 {
     for (ptrdiff_t i = 0; i < width; ++i) column_max[i] = -INFINITY;
-    FN(gemm_shaped)(FA_SCORE_ROWS, FA_SCORE_VECS, a, a_row, a_col, rows, b, b_row, width,
-                    depth, c, c_row, 0, NULL, column_max, ahead);
+    FN(gemm_register_blocks)(a, a_row, a_col, rows, b, b_row, width, depth, c, c_row, 0,
+                             NULL, column_max, ahead);
 }
 
 /* The whole register blocks gemm_packed (gemm_scores) runs for c of rows x width:
