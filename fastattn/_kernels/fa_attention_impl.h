@@ -810,13 +810,6 @@ static void FN(transform_narrow_rows)(const fa_job *job, ptrdiff_t key_start, pt
     }
 }
 
-/* The scores of keys [key_start, key_start + n_keys) for this tile's queries,
- * in place, in the order the conventions fix: softcap (on the scaled score),
- * ALiBi bias, then the masks (the band of keys each query may see, the caller's
- * bool or additive mask). `position` and `slope` hold each column's key position,
- * relative to first_position (the first column's: small numbers, exact as REAL
- * whatever the sequence length), and ALiBi slope. Tiles wholly inside every
- * query's band skip the band arithmetic. */
 /* Whether every query column of the tile sees keys [key_start, key_start + n_keys):
  * key k is seen by the columns whose position p has k - right <= p <= k + left; the
  * positions grow with the column, so the first and last columns decide (the padding
@@ -830,6 +823,23 @@ static int FN(inside_band)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_k
            key_start + job->window_left >= last_position;
 }
 
+/* Whether transform_scores leaves the tile's prefill scores as the product made them
+ * (no softcap, ALiBi or mask, the tile inside every query's band): then their
+ * column maxes can come from the product (gemm_scores). */
+static int FN(scores_untransformed)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
+                                    ptrdiff_t first_position, const REAL *position)
+{
+    return job->softcap <= 0 && !job->alibi_slopes && job->mask_kind == FA_MASK_NONE &&
+           FN(inside_band)(job, key_start, n_keys, first_position, position);
+}
+
+/* The scores of keys [key_start, key_start + n_keys) for this tile's queries,
+ * in place, in the order the conventions fix: softcap (on the scaled score),
+ * ALiBi bias, then the masks (the band of keys each query may see, the caller's
+ * bool or additive mask). `position` and `slope` hold each column's key position,
+ * relative to first_position (the first column's: small numbers, exact as REAL
+ * whatever the sequence length), and ALiBi slope. Tiles wholly inside every
+ * query's band skip the band arithmetic. */
 static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
                                  ptrdiff_t width, ptrdiff_t first_position,
                                  const REAL *position, const REAL *slope, REAL *scores,
@@ -1358,12 +1368,9 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
             key_col_stride = 1;
             key_storage = FA_STORAGE_NATIVE;
         }
-        /* transform_scores leaves this tile's scores as the product made them: its
-         * column maxes can come from the product */
         const int scores_kept =
-            !decoding && job->softcap <= 0 && !job->alibi_slopes &&
-            job->mask_kind == FA_MASK_NONE &&
-            FN(inside_band)(job, k0, nk, first_position, w.column_position);
+            !decoding && FN(scores_untransformed)(job, k0, nk, first_position,
+                                                  w.column_position);
         /* S (nk x width) = K_j . Qt */
         if (decoding) {
             /* the keys some way on, from memory (the tile streams through once); the
