@@ -41,19 +41,25 @@
 #  define FA_LOAD_KV(storage, base, at) VLOAD((const REAL *)(base) + (at))
 #endif
 #define FA_SCRATCH_ALIGN 64
-/* The distance between rows of n elements in a scratch matrix: n, or a vector more
- * when n elements are a multiple of 512 bytes. Rows a power of two bytes apart
- * (128 floats: 512) map onto a few L1 sets, and a kernel reading a column block
- * down such rows evicts its own lines (the first query tile of 128 rows: Qt's
- * transpose ran at a cache miss per element). */
-#define FA_PITCH(n) ((n) * (ptrdiff_t)sizeof(REAL) % 512 == 0 ? (n) + LANES : (n))
+/* The distance between rows of n elements in a scratch matrix: n rounded up to an
+ * odd number of cache lines (n itself when under one line). A register block reads
+ * a column block down such rows, a line from each: rows an even number of lines
+ * apart map onto a fraction of the L1 sets (12 lines, the 192 query columns of a
+ * tile: 16 of 64 sets), and the block evicts its own lines; an odd number spreads
+ * them over all the sets. The scores' rows get the same pitch in the prefill (Zen 3,
+ * avx2, one thread, against rows width apart and the old rule of a vector more at
+ * multiples of 512 bytes: D 64 L 1024 1.008x, D 128 L 2048 1.017x, causal 1.042x). */
+#define FA_LINE_ELEMENTS (64 / (ptrdiff_t)sizeof(REAL))
+#define FA_PITCH(n) ((n) * (ptrdiff_t)sizeof(REAL) < 64 ? (n)                            \
+                     : (((n) + FA_LINE_ELEMENTS - 1) / FA_LINE_ELEMENTS | 1) * FA_LINE_ELEMENTS)
 /* columns per panel of a packed right-hand operand: one register block's width */
 #define FA_PANEL (FA_SCORE_VECS * LANES)
 #define FA_PANELS_SIZE(depth, width) ((depth) * FA_ROUND_UP(width, FA_PANEL))
 
 typedef struct {
     REAL *packed_query;  /* head_dim x width, rows FA_PITCH(width) apart */
-    REAL *scores;        /* tile_keys x tile_queries (and a vector more: see fa_attend) */
+    REAL *scores;        /* tile_keys x width, rows FA_PITCH(width) apart in the prefill,
+                            width apart when decoding (and a vector more: see fa_attend) */
     REAL *acc;           /* the output's accumulator: tile_queries x value_dim_pad when
                             decoding, value_dim x width (transposed, rows
                             FA_PITCH(width) apart) otherwise */
@@ -91,10 +97,10 @@ static size_t FN(layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys, ptrdiff_t 
 {
     const ptrdiff_t value_dim_pad = FA_ROUND_UP(value_dim, LANES);
     const ptrdiff_t head_dim_pad = FA_ROUND_UP(head_dim, LANES);
-    const ptrdiff_t widest = FA_ROUND_UP(tile_queries, LANES) + LANES;   /* a pitch, at most */
+    const ptrdiff_t widest = FA_PITCH(FA_ROUND_UP(tile_queries, LANES));   /* a pitch, at most */
     enum { N_PARTS = 13 };
     const ptrdiff_t sizes[N_PARTS] = {
-        head_dim * widest, tile_keys * tile_queries + LANES, widest * value_dim_pad,
+        head_dim * widest, tile_keys * widest + LANES, widest * value_dim_pad,
         tile_keys * value_dim_pad, tile_queries, tile_queries, tile_queries, tile_queries,
         tile_queries, tile_queries, tile_keys * head_dim_pad, FA_DECODE_MAX_ROWS * head_dim_pad,
         tile_queries,
@@ -841,7 +847,7 @@ static int FN(scores_untransformed)(const fa_job *job, ptrdiff_t key_start, ptrd
  * whatever the sequence length), and ALiBi slope. Tiles wholly inside every
  * query's band skip the band arithmetic. */
 static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
-                                 ptrdiff_t width, ptrdiff_t first_position,
+                                 ptrdiff_t width, ptrdiff_t score_row, ptrdiff_t first_position,
                                  const REAL *position, const REAL *slope, REAL *scores,
                                  REAL *softcap_slope)
 {
@@ -850,11 +856,15 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
     if (job->softcap > 0) {
         /* softcap_slope (the backward pass): d capped / d score = 1 - tanh^2 */
         const REAL cap = (REAL)job->softcap, inv_cap = (REAL)(1 / job->softcap);
-        for (ptrdiff_t at = 0; at < n_keys * width; at += LANES) {
-            const VREAL t = VTANH(VLOAD(scores + at) * inv_cap);
-            if (softcap_slope) VSTORE(softcap_slope + at, VSPLAT(1) - t * t);
-            VSTORE(scores + at, t * cap);
-        }
+        /* contiguous rows (narrow ones too: several keys to a vector) as one run */
+        const int one_run = score_row == width;
+        for (ptrdiff_t j = 0; j < (one_run ? 1 : n_keys); ++j)
+            for (ptrdiff_t i = 0; i < (one_run ? n_keys * width : width); i += LANES) {
+                const ptrdiff_t at = j * score_row + i;
+                const VREAL t = VTANH(VLOAD(scores + at) * inv_cap);
+                if (softcap_slope) VSTORE(softcap_slope + at, VSPLAT(1) - t * t);
+                VSTORE(scores + at, t * cap);
+            }
     }
     const ptrdiff_t left = job->window_left, right = job->window_right;
     const int inside_band = FN(inside_band)(job, key_start, n_keys, first_position, position);
@@ -866,7 +876,7 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
             const VREAL k = VSPLAT((REAL)(key_start + j - first_position));
             for (ptrdiff_t i = 0; i < width; i += LANES) {
-                REAL *at = scores + j * width + i;
+                REAL *at = scores + j * score_row + i;
                 VSTORE(at, VLOAD(at) - VABS(VLOAD(position + i) - k) * VLOAD(slope + i));
             }
         }
@@ -875,7 +885,7 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
     if (!inside_band && width >= LANES) {
         const VREAL hidden = VSPLAT(-INFINITY);
         for (ptrdiff_t j = 0; j < n_keys; ++j) {
-            REAL *s = scores + j * width;
+            REAL *s = scores + j * score_row;
             const ptrdiff_t k = key_start + j;
             if (FN(inside_band)(job, k, 1, first_position, position)) continue;
             /* relative positions: whole numbers, exact as REAL near the band's edges */
@@ -892,7 +902,7 @@ static void FN(transform_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff
     if (job->mask_kind == FA_MASK_NONE) return;
     const ptrdiff_t m_row = job->mask_row_stride, m_col = job->mask_col_stride;
     for (ptrdiff_t j = 0; j < n_keys; ++j) {
-        REAL *s = scores + j * width;
+        REAL *s = scores + j * score_row;
         const ptrdiff_t at = q0 * m_row + (key_start + j) * m_col;
         if (job->mask_kind == FA_MASK_BOOL) {
             const unsigned char *m = (const unsigned char *)job->mask + at;
@@ -926,7 +936,7 @@ FA_INLINE VREAL FN(fold_max)(VREAL x, ptrdiff_t period)
  * are one column: they share its max, and the sums of its lanes are added up by
  * the caller at the end. */
 FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_keys,
-                                   ptrdiff_t width, REAL *row_max, REAL *row_sum,
+                                   ptrdiff_t score_row, REAL *row_max, REAL *row_sum,
                                    REAL *shift, REAL *rescale, ptrdiff_t period,
                                    const REAL *given_max)
 {
@@ -940,7 +950,7 @@ FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_key
         for (ptrdiff_t j = 0; j < n_keys; ++j)
 #pragma GCC unroll 4
             for (int c = 0; c < vecs; ++c)
-                tile_max[c] = VMAX(tile_max[c], VLOAD(scores + j * width + c * LANES));
+                tile_max[c] = VMAX(tile_max[c], VLOAD(scores + j * score_row + c * LANES));
     }
     if (period < LANES) tile_max[0] = FN(fold_max)(tile_max[0], period);
 #pragma GCC unroll 4
@@ -958,7 +968,7 @@ FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_key
     for (ptrdiff_t j = 0; j < n_keys; ++j)
 #pragma GCC unroll 4
         for (int c = 0; c < vecs; ++c) {
-            REAL *at = scores + j * width + c * LANES;
+            REAL *at = scores + j * score_row + c * LANES;
             const VREAL p = VEXP(VLOAD(at) - s[c]);
             VSTORE(at, p);
             sum[c] += p;
@@ -971,7 +981,7 @@ FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_key
 
 /* tile_max: each column's max over the tile, when the score product kept it (or NULL) */
 static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
-                               REAL *row_max, REAL *row_sum, REAL *shift, REAL *rescale,
+                               ptrdiff_t score_row, REAL *row_max, REAL *row_sum, REAL *shift, REAL *rescale,
                                const REAL *tile_max)
 {
     if (width < LANES) {
@@ -987,7 +997,7 @@ static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
     for (ptrdiff_t c0 = 0; c0 < width; c0 += FA_MAX_BLOCK_VECS * LANES) {
         const ptrdiff_t left = (width - c0) / LANES;
         const int vecs = (int)(left < FA_MAX_BLOCK_VECS ? left : FA_MAX_BLOCK_VECS);
-        FA_DISPATCH_VECS(FN(softmax_columns), vecs, scores + c0, n_keys, width,
+        FA_DISPATCH_VECS(FN(softmax_columns), vecs, scores + c0, n_keys, score_row,
                          row_max + c0, row_sum + c0, shift + c0, rescale + c0, LANES,
                          tile_max ? tile_max + c0 : NULL)
     }
@@ -1030,17 +1040,17 @@ static void FN(transpose_blocks)(const REAL *src, ptrdiff_t src_row, REAL *dst,
  * fa_attend's time under MultiHeadAttention with weights), the rest element by
  * element. A narrow S (decoding) has fewer than LANES queries: no whole block. */
 static void FN(store_scores)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
-                             ptrdiff_t width, const REAL *scores)
+                             ptrdiff_t score_row, const REAL *scores)
 {
     REAL *weights = (REAL *)job->weights + key_start;
     const ptrdiff_t n_queries = job->n_queries, row_stride = job->weights_row_stride;
     ptrdiff_t block_rows, block_keys;
-    FN(transpose_blocks)(scores, width, weights, row_stride, n_queries, n_keys, 1, NULL,
+    FN(transpose_blocks)(scores, score_row, weights, row_stride, n_queries, n_keys, 1, NULL,
                          &block_rows, &block_keys);
     for (ptrdiff_t i = 0; i < n_queries; ++i) {
         REAL *row = weights + i * row_stride;
         for (ptrdiff_t j = i < block_rows ? block_keys : 0; j < n_keys; ++j)
-            row[j] = scores[j * width + i];
+            row[j] = scores[j * score_row + i];
     }
 }
 
@@ -1183,7 +1193,7 @@ static void FN(tile_band)(const fa_job *job, ptrdiff_t width, REAL *position, RE
  * keys go in chunks of FA_PREFILL_VALUE_CHUNK: fewer loads and stores of the
  * accumulators against a shorter panel of P for a register block to stream through. */
 static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
-                                    ptrdiff_t width, const REAL *probs, const REAL *rescale,
+                                    ptrdiff_t width, ptrdiff_t probs_row, const REAL *probs, const REAL *rescale,
                                     REAL *packed, REAL *acc_t, ptrdiff_t acc_pitch,
                                     fa_fetch_ahead *ahead)
 {
@@ -1200,7 +1210,7 @@ static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrd
         const ptrdiff_t nk = n_keys - j0 < FA_PREFILL_VALUE_CHUNK ? n_keys - j0
                                                                  : FA_PREFILL_VALUE_CHUNK;
         FN(gemm_packed)(value + j0 * key_stride, element_stride, key_stride, job->value_dim,
-                        probs + j0 * width, width, width, nk, acc_t, acc_pitch, 1,
+                        probs + j0 * probs_row, probs_row, width, nk, acc_t, acc_pitch, 1,
                         j0 == 0 ? rescale : NULL, ahead);
     }
 }
@@ -1266,6 +1276,7 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
     }
     const ptrdiff_t state_width = width < LANES ? LANES : width;   /* row_max, row_sum */
     const ptrdiff_t pitch = FA_PITCH(width);    /* of Qt and acc_t (prefill) */
+    const ptrdiff_t score_row = decoding ? width : pitch;   /* of S */
     if (first_step) {   /* the query and the state; later steps of a lockstep run keep them */
         if (decoding) {
             for (ptrdiff_t i = 0; i < nq; ++i) {
@@ -1396,18 +1407,18 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
                            FN(gemm_blocks)(nk, width));
             if (scores_kept)
                 FN(gemm_scores)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
-                                w.packed_query, pitch, width, head_dim, w.scores, width,
+                                w.packed_query, pitch, width, head_dim, w.scores, score_row,
                                 w.tile_max, &ahead);
             else
                 FN(gemm_packed)((const REAL *)key_tile, key_row_stride, key_col_stride, nk,
-                                w.packed_query, pitch, width, head_dim, w.scores, width, 0,
-                                NULL, &ahead);
+                                w.packed_query, pitch, width, head_dim, w.scores, score_row,
+                                0, NULL, &ahead);
         }
-        FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
+        FN(transform_scores)(job, k0, nk, width, score_row, first_position, w.column_position,
                              w.column_slope, w.scores, NULL);
-        if (job->weights) FN(store_scores)(job, k0, nk, width, w.scores);
-        FN(online_softmax)(w.scores, nk, width, w.row_max, w.row_sum, w.shift, w.rescale,
-                           scores_kept ? w.tile_max : NULL);
+        if (job->weights) FN(store_scores)(job, k0, nk, score_row, w.scores);
+        FN(online_softmax)(w.scores, nk, width, score_row, w.row_max, w.row_sum, w.shift,
+                           w.rescale, scores_kept ? w.tile_max : NULL);
 
         const void *value_tile = (const char *)job->value + k0 * job->value_row_stride * kv_bytes;
         if (!decoding) {
@@ -1424,8 +1435,8 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
             else   /* the last tile: the output rows it will write */
                 FN(fetch_rows)(&ahead, job->out, job->out_row_stride, 1, value_dim,
                                (ptrdiff_t)sizeof(REAL), q0, nq, value_blocks);
-            FN(accumulate_values_t)(job, k0, nk, width, w.scores, w.rescale, w.packed_value,
-                                    w.acc, pitch, &ahead);
+            FN(accumulate_values_t)(job, k0, nk, width, score_row, w.scores, w.rescale,
+                                    w.packed_value, w.acc, pitch, &ahead);
         } else if (values_in_place) {
             fa_row_fetch share = value_share;
             share.at += (k0 - key_begin) * value_share.stride;
@@ -1583,7 +1594,8 @@ static size_t FN(backward_layout)(ptrdiff_t tile_queries, ptrdiff_t tile_keys,
     const ptrdiff_t sizes[N_PARTS] = {
         FA_PANELS_SIZE(head_dim, tile_queries), FA_PANELS_SIZE(tile_queries, head_dim_pad),
         FA_PANELS_SIZE(tile_queries, value_dim_pad), FA_PANELS_SIZE(value_dim, tile_queries),
-        tile_keys * tile_queries, tile_keys * (tile_queries + LANES), tile_keys * tile_queries,
+        tile_keys * tile_queries, tile_keys * FA_PITCH(FA_ROUND_UP(tile_queries, LANES)),
+        tile_keys * tile_queries,
         tile_queries * head_dim_pad, FA_PANELS_SIZE(tile_keys, head_dim_pad),
         tile_queries, tile_queries, tile_queries, tile_queries,
     };
@@ -1737,7 +1749,7 @@ void FN(fa_attend_backward)(const fa_backward_job *backward, void *scratch_memor
                        value_dim, real_bytes, k0, nk, FN(gemm_blocks)(nk, width));
         FN(gemm_panels)(key, job->key_row_stride, job->key_col_stride, nk, w.packed_query,
                         head_dim, width, head_dim, w.scores, width, 0, &ahead);
-        FN(transform_scores)(job, k0, nk, width, first_position, w.column_position,
+        FN(transform_scores)(job, k0, nk, width, width, first_position, w.column_position,
                              w.column_slope, w.scores, softcap_slope);
         for (ptrdiff_t j = 0; j < nk; ++j)
             for (ptrdiff_t i = 0; i < width; i += LANES) {
@@ -1865,4 +1877,5 @@ size_t FN(fa_linear_scratch_bytes)(ptrdiff_t tile_rows, ptrdiff_t panel_cols)
 
 #undef FN
 #undef FA_PITCH
+#undef FA_LINE_ELEMENTS
 #undef FA_DISPATCH_VECS
