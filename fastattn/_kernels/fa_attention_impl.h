@@ -285,11 +285,25 @@ FA_INLINE void FN(gemm_register_blocks)(const REAL *a, ptrdiff_t a_row, ptrdiff_
         REAL *cp = c + v0 * LANES;
         const REAL *scale = column_scale ? column_scale + v0 * LANES : NULL;
         REAL *max = column_max ? column_max + v0 * LANES : NULL;
+        /* a last block of a third of the rows or fewer (2 of 6: D 128 = 21 x 6 + 2) has
+         * too few accumulators to hide the FMA's latency: it and the whole block
+         * before it run as two blocks of about half that many rows (4 + 4) */
+        const ptrdiff_t left_over = rows % FA_SCORE_ROWS;
+        const ptrdiff_t whole_end =
+            rows - left_over
+            - (left_over > 0 && 3 * left_over <= FA_SCORE_ROWS && rows > FA_SCORE_ROWS
+               ? FA_SCORE_ROWS : 0);
         ptrdiff_t r = 0;
-        for (; r + FA_SCORE_ROWS <= rows; r += FA_SCORE_ROWS) {
+        for (; r < whole_end; r += FA_SCORE_ROWS) {
             FA_DISPATCH_VECS(FN(gemm_block), vecs, FA_SCORE_ROWS, a + r * a_row, a_row, a_col,
                              bp, b_row, depth, cp + r * c_row, c_row, accumulate, scale, max)
             fa_fetch_some(ahead);
+        }
+        if (rows - r > FA_SCORE_ROWS) {
+            const ptrdiff_t half = (rows - r + 1) / 2;
+            FA_GEMM_LAST_BLOCK(half, vecs, a + r * a_row, a_row, a_col, bp, b_row, depth,
+                               cp + r * c_row, c_row, accumulate, scale, max)
+            r += half;
         }
         FA_GEMM_LAST_BLOCK(rows - r, vecs, a + r * a_row, a_row, a_col, bp, b_row, depth,
                            cp + r * c_row, c_row, accumulate, scale, max)
