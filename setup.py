@@ -14,6 +14,7 @@ Environment:
   FASTATTN_PORTABLE=1  the plain-C kernels with GCC/Clang too (how CI tests them)
   FASTATTN_DEBUG=1     Cython bounds checks on, -O0 -g
 """
+import concurrent.futures
 import os
 import platform
 
@@ -68,10 +69,9 @@ class BuildExt(build_ext):
         isas = list(ISA_FLAGS) if (IS_X86_64 and unix_like and not PORTABLE) else ["baseline"]
         if len(isas) > 1:
             ext.define_macros.append(("FA_HAVE_X86_ISAS", "1"))
-        objects = []
-        for isa in isas:
+        def compile_isa(isa):
             macro, flags = ISA_FLAGS[isa]
-            objects += self.compiler.compile(
+            return self.compiler.compile(
                 [ISA_SOURCE],
                 output_dir=os.path.join(self.build_temp, "isa_" + isa),
                 macros=ext.define_macros + ([(macro, "1")] if macro else []),
@@ -79,7 +79,12 @@ class BuildExt(build_ext):
                 extra_postargs=common + flags,
                 debug=self.debug,
             )
-        ext.extra_objects = objects
+
+        # one compiler process per instruction set at once: each is a minute of
+        # GCC on a 2-core machine, and they share nothing
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            ext.extra_objects = [obj for objects in pool.map(compile_isa, isas)
+                                 for obj in objects]
         super().build_extension(ext)
 
 
