@@ -1403,7 +1403,8 @@ static int FN(attend_part)(const fa_job *job, void *scratch_memory,
             const ptrdiff_t key_bytes = key_storage ? 2 : (ptrdiff_t)sizeof(REAL);
             const ptrdiff_t read_bytes = head_dim_pad * key_bytes;
             const ptrdiff_t rows_ahead =
-                FA_PREFETCH_DISTANCE / (read_bytes > 0 ? read_bytes : 1) + 1;
+                (into_l2 && !key_storage ? FA_PREFETCH_DISTANCE_L2 : FA_PREFETCH_DISTANCE)
+                / (read_bytes > 0 ? read_bytes : 1) + 1;
             fa_row_fetch ahead_rows = {
                 (const char *)key_tile + rows_ahead * key_row_stride * key_bytes,
                 key_row_stride * key_bytes, FA_PREFETCH_DISTANCE ? read_bytes : 0, into_l2};

@@ -673,6 +673,13 @@ FA_INLINE vf64 transpose_sums_f64(const vf64 *x) {
 #ifndef FA_PREFETCH_DISTANCE
 #  define FA_PREFETCH_DISTANCE 6144
 #endif
+/* The keys' distance when float32/float64 rows go into L2 (AMD): farther, as L2
+ * holds them. Zen 3, B1 32/8 heads D 128, 2 threads, against 6 KiB: 12 KiB 1.08x
+ * (S = 8192) and 1.02x (S = 32768), 24 KiB 1.06-1.08x and 1.05x (Zen 4 had measured
+ * 12 KiB as 6 KiB); a float16 cache at 24 KiB: 0.93x, so 16-bit rows keep 6 KiB. */
+#ifndef FA_PREFETCH_DISTANCE_L2
+#  define FA_PREFETCH_DISTANCE_L2 (4 * FA_PREFETCH_DISTANCE)
+#endif
 /* ... and where it puts the rows, chosen per CPU at run time (fa_job.cache_prefetch,
  * fa_cpu_cache_prefetch): into L1 (prefetcht0) on Intel, where into L2 ran float32
  * decoding 8-15% slower (Ice Lake); into L2 (prefetcht2) on AMD, where into L1 ran it
