@@ -304,6 +304,7 @@ FA_INLINE void FN(gemm_register_blocks)(const REAL *a, ptrdiff_t a_row, ptrdiff_
             FA_GEMM_LAST_BLOCK(half, vecs, a + r * a_row, a_row, a_col, bp, b_row, depth,
                                cp + r * c_row, c_row, accumulate, scale, max)
             r += half;
+            fa_fetch_some(ahead);   /* the whole blocks' count, as gemm_blocks has it */
         }
         FA_GEMM_LAST_BLOCK(rows - r, vecs, a + r * a_row, a_row, a_col, bp, b_row, depth,
                            cp + r * c_row, c_row, accumulate, scale, max)
@@ -995,8 +996,8 @@ FA_INLINE void FN(softmax_columns)(const int vecs, REAL *scores, ptrdiff_t n_key
 
 /* tile_max: each column's max over the tile, when the score product kept it (or NULL) */
 static void FN(online_softmax)(REAL *scores, ptrdiff_t n_keys, ptrdiff_t width,
-                               ptrdiff_t score_row, REAL *row_max, REAL *row_sum, REAL *shift, REAL *rescale,
-                               const REAL *tile_max)
+                               ptrdiff_t score_row, REAL *row_max, REAL *row_sum,
+                               REAL *shift, REAL *rescale, const REAL *tile_max)
 {
     if (width < LANES) {
         /* narrow rows (decoding): LANES / width keys per vector; the keys that
@@ -1207,8 +1208,9 @@ static void FN(tile_band)(const fa_job *job, ptrdiff_t width, REAL *position, RE
  * keys go in chunks of FA_PREFILL_VALUE_CHUNK: fewer loads and stores of the
  * accumulators against a shorter panel of P for a register block to stream through. */
 static void FN(accumulate_values_t)(const fa_job *job, ptrdiff_t key_start, ptrdiff_t n_keys,
-                                    ptrdiff_t width, ptrdiff_t probs_row, const REAL *probs, const REAL *rescale,
-                                    REAL *packed, REAL *acc_t, ptrdiff_t acc_pitch,
+                                    ptrdiff_t width, ptrdiff_t probs_row, const REAL *probs,
+                                    const REAL *rescale, REAL *packed, REAL *acc_t,
+                                    ptrdiff_t acc_pitch,
                                     fa_fetch_ahead *ahead)
 {
     const REAL *value = (const REAL *)job->value + key_start * job->value_row_stride;
