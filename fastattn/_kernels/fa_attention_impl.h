@@ -369,18 +369,26 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
                               ptrdiff_t n_keys, REAL *scores, ptrdiff_t width,
                               fa_row_fetch fetch)
 {
+    /* the keys some way on, from memory (the tile streams through once): rows back to
+     * back step by step (fa_step_fetch), rows apart a burst of both rows */
+    const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
+    const int spread = FA_DECODE_SPREAD_FETCH && fetch.into_l2 && fetch.bytes
+                       && fetch.stride == fetch.bytes
+                       && fetch.bytes == head_dim_pad * element_bytes;
+    const fa_step_fetch step_fetch = fa_step_fetch_for(2 * LANES * element_bytes);
     ptrdiff_t j = 0;
     for (; j + 2 <= n_keys; j += 2) {
         VREAL a0[FA_DECODE_MAX_ROWS], a1[FA_DECODE_MAX_ROWS];
 #pragma GCC unroll 8
         for (int r = 0; r < rows; ++r) a0[r] = a1[r] = VSPLAT(0);
         const ptrdiff_t k0 = j * key_row, k1 = k0 + key_row;
-        /* the keys some way on, from memory (the tile streams through once) */
-        if (fetch.bytes) {
-            fa_prefetch_row(fetch.at + j * fetch.stride, fetch.bytes, fetch.into_l2);
-            fa_prefetch_row(fetch.at + (j + 1) * fetch.stride, fetch.bytes, fetch.into_l2);
+        const char *run = fetch.at + j * fetch.stride;
+        if (fetch.bytes && !spread) {
+            fa_prefetch_row(run, fetch.bytes, fetch.into_l2);
+            fa_prefetch_row(run + fetch.stride, fetch.bytes, fetch.into_l2);
         }
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+            if (spread) fa_prefetch_step(run + 2 * c * element_bytes, step_fetch, fetch.into_l2);
             const VREAL x0 = FA_LOAD_KV(storage, key, k0 + c);
             const VREAL x1 = FA_LOAD_KV(storage, key, k1 + c);
 #pragma GCC unroll 8
@@ -425,12 +433,20 @@ FA_INLINE ptrdiff_t FN(dot_scores_by_three)(const int rows, const int width,
     /* rows in groups of up to 4, as even as they split (5: 3 and 2, not 4 and a
      * group of 1 whose 3 chains left the units idle) */
     const int group = rows <= 4 ? 4 : (rows + 1) / 2;
+    /* rows back to back: the three rows ahead a run, fetched step by step (see
+     * fa_step_fetch); otherwise (rows apart, a lockstep share) in a burst */
+    const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
+    const int spread = FA_DECODE_SPREAD_FETCH && fetch.into_l2 && fetch.bytes
+                       && fetch.stride == fetch.bytes
+                       && fetch.bytes == head_dim_pad * element_bytes;
+    const fa_step_fetch step_fetch = fa_step_fetch_for(3 * LANES * element_bytes);
     ptrdiff_t j = 0;
     for (; j + 3 <= n_keys; j += 3) {
-        if (fetch.bytes)
+        if (fetch.bytes && !spread)
 #pragma GCC unroll 3
             for (int k = 0; k < 3; ++k)
                 fa_prefetch_row(fetch.at + (j + k) * fetch.stride, fetch.bytes, fetch.into_l2);
+        const char *run = fetch.at + j * fetch.stride;
         const ptrdiff_t k0 = j * key_row;
 #pragma GCC unroll 2
         for (int g = 0; g < rows; g += group) {
@@ -439,6 +455,8 @@ FA_INLINE ptrdiff_t FN(dot_scores_by_three)(const int rows, const int width,
 #pragma GCC unroll 4
             for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = acc[2][r] = VSPLAT(0);
             for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+                if (spread && g == 0)
+                    fa_prefetch_step(run + 3 * c * element_bytes, step_fetch, fetch.into_l2);
                 const VREAL x0 = FA_LOAD_KV(storage, key, k0 + c);
                 const VREAL x1 = FA_LOAD_KV(storage, key, k0 + key_row + c);
                 const VREAL x2 = FA_LOAD_KV(storage, key, k0 + 2 * key_row + c);
@@ -495,6 +513,17 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
     const int keys_per_vector = LANES / width;
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
     const ptrdiff_t row_bytes = key_row * element_bytes;
+    /* rows back to back: a vector's keys' rows ahead a run, fetched step by step (see
+     * fa_step_fetch); otherwise (rows apart, a lockstep share) in a burst, and
+     * so the one row of a vector of one key (5 or 6 rows on AVX2: spread, 0.88-0.96x) */
+    const int spread = FA_DECODE_SPREAD_FETCH && fetch.into_l2 && fetch.bytes
+                       && fetch.stride == fetch.bytes
+                       && fetch.bytes == head_dim_pad * element_bytes && keys_per_vector > 1;
+    const int in_order = FN(decode_in_address_order)(storage, rows);
+    const int n_block = keys_per_vector < FA_DECODE_KEY_BLOCK ? keys_per_vector
+                                                               : FA_DECODE_KEY_BLOCK;
+    const fa_step_fetch step_fetch =
+        fa_step_fetch_for((in_order ? 1 : n_block) * LANES * element_bytes);
     ptrdiff_t j = 0;
 #if REAL_IS_FLOAT && !defined(FA_PORTABLE) && defined(FA_BUILD_AVX2)
     /* (float32 keys of 5 or 6 rows ran 0.93-0.94x so from memory, 7 and 8 rows
@@ -508,16 +537,20 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
 #pragma GCC unroll 16
         for (int slot = 0; slot < LANES; ++slot) acc[slot] = VSPLAT(0);
         /* the keys some way on, from memory (the tile streams through once) */
-        if (fetch.bytes)
+        const char *run = fetch.at + j * fetch.stride;
+        if (fetch.bytes && !spread)
 #pragma GCC unroll 16
             for (int k = 0; k < keys_per_vector; ++k)
-                fa_prefetch_row(fetch.at + (j + k) * fetch.stride, fetch.bytes, fetch.into_l2);
-        if (FN(decode_in_address_order)(storage, rows)) {
+                fa_prefetch_row(run + k * fetch.stride, fetch.bytes, fetch.into_l2);
+        if (in_order) {
             /* key by key, each row read whole in address order */
 #pragma GCC unroll 16
             for (int k = 0; k < keys_per_vector; ++k) {
                 const void *row = (const char *)key + (j + k) * row_bytes;
                 for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+                    if (spread)
+                        fa_prefetch_step(run + k * fetch.stride + c * element_bytes,
+                                         step_fetch, fetch.into_l2);
                     const VREAL x = FA_LOAD_KV(storage, row, c);
 #pragma GCC unroll 8
                     for (int r = 0; r < rows; ++r) {
@@ -532,10 +565,11 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
              * spilled registers), their chains of FMAs side by side */
 #pragma GCC unroll 4
             for (int k0 = 0; k0 < keys_per_vector; k0 += FA_DECODE_KEY_BLOCK) {
-                const int n_block = keys_per_vector < FA_DECODE_KEY_BLOCK
-                                    ? keys_per_vector : FA_DECODE_KEY_BLOCK;
                 const void *block = (const char *)key + (j + k0) * row_bytes;
                 for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
+                    if (spread)
+                        fa_prefetch_step(run + k0 * fetch.stride + n_block * c * element_bytes,
+                                         step_fetch, fetch.into_l2);
                     VREAL x[FA_DECODE_KEY_BLOCK];
 #pragma GCC unroll 4
                     for (int k = 0; k < n_block; ++k)

@@ -717,6 +717,41 @@ FA_INLINE void fa_prefetch_row(const char *row, ptrdiff_t bytes, int into_l2)
     else FA_PREFETCH_ROW(FA_PREFETCH_L1, row, bytes);
 }
 
+/* Decoding's keys ahead when their rows are back to back: the rows a group of keys
+ * fetches are one run, and each step of the product along the head dim fetches the
+ * share of it that the step reads of the group's own rows (step_bytes): `lines`
+ * prefetches line_step (<= 64) bytes apart. A burst of the group's whole rows
+ * ahead before its product (24 lines for three float32 keys of D 128) stalled the
+ * loads behind it: the keys streamed from memory at 55% of a plain read (Zen 3,
+ * dot_scores_by_three alone, 1 thread); spread so, 1.41x. Into L2 only (AMD): the
+ * L1 path keeps the bursts it was tuned with (Ice Lake). */
+#ifndef FA_DECODE_SPREAD_FETCH
+#  define FA_DECODE_SPREAD_FETCH 1   /* into L2 (AMD); 0: the bursts, to compare */
+#endif
+typedef struct {
+    int lines;
+    ptrdiff_t line_step;
+} fa_step_fetch;
+
+FA_INLINE fa_step_fetch fa_step_fetch_for(ptrdiff_t step_bytes)
+{
+    fa_step_fetch f;
+    f.lines = (int)((step_bytes + 63) / 64);
+    f.line_step = f.lines > 0 ? step_bytes / f.lines : 0;
+    return f;
+}
+
+FA_INLINE void fa_prefetch_step(const char *at, fa_step_fetch f, int into_l2)
+{
+    /* steps shorter than a line: the step that starts a line fetches it */
+    if (f.line_step < 64 && f.lines == 1 && ((uintptr_t)at & 63) >= f.line_step) return;
+#pragma GCC unroll 4
+    for (int t = 0; t < f.lines; ++t) {
+        if (into_l2) FA_PREFETCH_L2(at + t * f.line_step);
+        else FA_PREFETCH_L1(at + t * f.line_step);
+    }
+}
+
 /* The prefill's fetch ahead: rows of the operand a later product reads (the tile's
  * values while its scores are computed, the next tile's keys while the values are
  * summed) fetched into L2 a few lines per register block of the product running now,
