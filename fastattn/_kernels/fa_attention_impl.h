@@ -356,6 +356,15 @@ typedef struct {
     ptrdiff_t stride, bytes;
     int into_l2;
 } fa_row_fetch;
+
+/* Whether a decoding product fetches `fetch` step by step (fa_step_fetch) rather than
+ * in a burst per group of keys: into L2, rows back to back, each row the row_bytes
+ * the product reads of its own keys */
+FA_INLINE int fa_fetch_spreads(fa_row_fetch fetch, ptrdiff_t row_bytes)
+{
+    return FA_DECODE_SPREAD_FETCH && fetch.into_l2 && fetch.bytes
+           && fetch.stride == fetch.bytes && fetch.bytes == row_bytes;
+}
 #endif
 
 /* The decoding path's scores: columns 0 .. rows-1 of S (n_keys x width) =
@@ -372,9 +381,7 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
     /* the keys some way on, from memory (the tile streams through once): rows back to
      * back step by step (fa_step_fetch), rows apart a burst of both rows */
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
-    const int spread = FA_DECODE_SPREAD_FETCH && fetch.into_l2 && fetch.bytes
-                       && fetch.stride == fetch.bytes
-                       && fetch.bytes == head_dim_pad * element_bytes;
+    const int spread = fa_fetch_spreads(fetch, head_dim_pad * element_bytes);
     const fa_step_fetch step_fetch = fa_step_fetch_for(2 * LANES * element_bytes);
     ptrdiff_t j = 0;
     for (; j + 2 <= n_keys; j += 2) {
@@ -388,7 +395,7 @@ FA_INLINE void FN(dot_scores)(const int rows, const int storage, const REAL *que
             fa_prefetch_row(run + fetch.stride, fetch.bytes, fetch.into_l2);
         }
         for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
-            if (spread) fa_prefetch_step(run + 2 * c * element_bytes, step_fetch, fetch.into_l2);
+            if (spread) fa_prefetch_step(run + 2 * c * element_bytes, step_fetch);
             const VREAL x0 = FA_LOAD_KV(storage, key, k0 + c);
             const VREAL x1 = FA_LOAD_KV(storage, key, k1 + c);
 #pragma GCC unroll 8
@@ -436,9 +443,7 @@ FA_INLINE ptrdiff_t FN(dot_scores_by_three)(const int rows, const int width,
     /* rows back to back: the three rows ahead a run, fetched step by step (see
      * fa_step_fetch); otherwise (rows apart, a lockstep share) in a burst */
     const ptrdiff_t element_bytes = storage ? 2 : (ptrdiff_t)sizeof(REAL);
-    const int spread = FA_DECODE_SPREAD_FETCH && fetch.into_l2 && fetch.bytes
-                       && fetch.stride == fetch.bytes
-                       && fetch.bytes == head_dim_pad * element_bytes;
+    const int spread = fa_fetch_spreads(fetch, head_dim_pad * element_bytes);
     const fa_step_fetch step_fetch = fa_step_fetch_for(3 * LANES * element_bytes);
     ptrdiff_t j = 0;
     for (; j + 3 <= n_keys; j += 3) {
@@ -456,7 +461,7 @@ FA_INLINE ptrdiff_t FN(dot_scores_by_three)(const int rows, const int width,
             for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = acc[2][r] = VSPLAT(0);
             for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
                 if (spread && g == 0)
-                    fa_prefetch_step(run + 3 * c * element_bytes, step_fetch, fetch.into_l2);
+                    fa_prefetch_step(run + 3 * c * element_bytes, step_fetch);
                 const VREAL x0 = FA_LOAD_KV(storage, key, k0 + c);
                 const VREAL x1 = FA_LOAD_KV(storage, key, k0 + key_row + c);
                 const VREAL x2 = FA_LOAD_KV(storage, key, k0 + 2 * key_row + c);
@@ -516,9 +521,8 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
     /* rows back to back: a vector's keys' rows ahead a run, fetched step by step (see
      * fa_step_fetch); otherwise (rows apart, a lockstep share) in a burst, and
      * so the one row of a vector of one key (5 or 6 rows on AVX2: spread, 0.88-0.96x) */
-    const int spread = FA_DECODE_SPREAD_FETCH && fetch.into_l2 && fetch.bytes
-                       && fetch.stride == fetch.bytes
-                       && fetch.bytes == head_dim_pad * element_bytes && keys_per_vector > 1;
+    const int spread = keys_per_vector > 1
+                       && fa_fetch_spreads(fetch, head_dim_pad * element_bytes);
     const int in_order = FN(decode_in_address_order)(storage, rows);
     const int n_block = keys_per_vector < FA_DECODE_KEY_BLOCK ? keys_per_vector
                                                                : FA_DECODE_KEY_BLOCK;
@@ -550,7 +554,7 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
                 for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
                     if (spread)
                         fa_prefetch_step(run + k * fetch.stride + c * element_bytes,
-                                         step_fetch, fetch.into_l2);
+                                         step_fetch);
                     const VREAL x = FA_LOAD_KV(storage, row, c);
 #pragma GCC unroll 8
                     for (int r = 0; r < rows; ++r) {
@@ -569,7 +573,7 @@ FA_INLINE void FN(dot_scores_narrow)(const int rows, const int width, const int 
                 for (ptrdiff_t c = 0; c < head_dim_pad; c += LANES) {
                     if (spread)
                         fa_prefetch_step(run + k0 * fetch.stride + n_block * c * element_bytes,
-                                         step_fetch, fetch.into_l2);
+                                         step_fetch);
                     VREAL x[FA_DECODE_KEY_BLOCK];
 #pragma GCC unroll 4
                     for (int k = 0; k < n_block; ++k)

@@ -737,19 +737,17 @@ FA_INLINE fa_step_fetch fa_step_fetch_for(ptrdiff_t step_bytes)
 {
     fa_step_fetch f;
     f.lines = (int)((step_bytes + 63) / 64);
-    f.line_step = f.lines > 0 ? step_bytes / f.lines : 0;
+    f.line_step = step_bytes / f.lines;   /* step_bytes > 0 */
     return f;
 }
 
-FA_INLINE void fa_prefetch_step(const char *at, fa_step_fetch f, int into_l2)
+FA_INLINE void fa_prefetch_step(const char *at, fa_step_fetch f)
 {
     /* steps shorter than a line: the step that starts a line fetches it */
-    if (f.line_step < 64 && f.lines == 1 && ((uintptr_t)at & 63) >= f.line_step) return;
+    if (f.line_step < 64 && f.lines == 1 && (ptrdiff_t)((uintptr_t)at & 63) >= f.line_step)
+        return;
 #pragma GCC unroll 4
-    for (int t = 0; t < f.lines; ++t) {
-        if (into_l2) FA_PREFETCH_L2(at + t * f.line_step);
-        else FA_PREFETCH_L1(at + t * f.line_step);
-    }
+    for (int t = 0; t < f.lines; ++t) FA_PREFETCH_L2(at + t * f.line_step);
 }
 
 /* The prefill's fetch ahead: rows of the operand a later product reads (the tile's
