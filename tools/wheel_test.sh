@@ -6,6 +6,8 @@
 #
 #   bash tools/wheel_test.sh                      (work files in build/wheel-test/)
 #   FASTATTN_PORTABLE=1 bash tools/wheel_test.sh  the plain-C kernels MSVC builds get
+#   FASTATTN_TEST_ENV=DIR ...   reuse an earlier run's test environment (its torch, Dask
+#                               and the rest), the new wheel reinstalled over the old
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work="$root/build/wheel-test${FASTATTN_PORTABLE:+-portable}"
@@ -29,9 +31,15 @@ PATH="$work/build-env/bin:$PATH" auditwheel show "$wheel"
 ls -l "$wheel"
 
 echo "== install it where there is no Cython and no compiler"
-python3 -m venv "$work/test-env"
-# matplotlib: the demo --plot and bench --plot tests run instead of being skipped
-"$work/test-env/bin/pip" install -q "$wheel" pytest hypothesis ml_dtypes torch==2.13.0 "matplotlib>=3.7" dask distributed
+if [ -n "${FASTATTN_TEST_ENV:-}" ]; then
+    # (a minute of installs saved; still no Cython, no compiler)
+    ln -s "$FASTATTN_TEST_ENV" "$work/test-env"
+    "$work/test-env/bin/pip" install -q --force-reinstall --no-deps "$wheel"
+else
+    python3 -m venv "$work/test-env"
+    # matplotlib: the demo --plot and bench --plot tests run instead of being skipped
+    "$work/test-env/bin/pip" install -q "$wheel" pytest hypothesis ml_dtypes torch==2.13.0 "matplotlib>=3.7" dask distributed
+fi
 cp -r "$root/tests" "$work/run/tests"      # outside the source tree: no uncompiled fastattn/
 cd "$work/run"
 clean_env=(env -i HOME="$work/home" PATH="$work/test-env/bin" LANG=C.UTF-8)
