@@ -73,7 +73,10 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds
     Each round times a block of back-to-back calls per contender (at least
     ``block_seconds`` long): after a call, OpenMP and BLAS worker threads keep
     spinning for a while, and on a small machine they would slow down the first
-    call of whoever runs next, not the caller.
+    call of whoever runs next, not the caller. So rests follow such contenders; and
+    after a rest a contender's own workers are asleep, its next call pays their
+    wake-up (on the 2-core Zen 3, fastattn's first call after 0.25 s of rest took 2-7
+    ms where the next took 1), so each block of short calls follows one untimed call.
     """
     def settle(name, elapsed):
         if name in _BLAS_CONTENDERS:
@@ -85,11 +88,19 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds
             # call: on 2 cores they would take them from whoever runs next
             time.sleep(settle_seconds)
 
+    def timed(fn, calls):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return time.perf_counter() - start
+
     block, warm_up = {}, {}
     for name, fn in contenders.items():          # warm-up, and the block sizes
-        start = time.perf_counter()
-        fn()
-        warm_up[name] = time.perf_counter() - start
+        # the first call also allocates, compiles and starts thread pools: a short
+        # one is timed again, so that its block is sized by a warm call
+        warm_up[name] = timed(fn, 1)
+        if warm_up[name] < block_seconds:
+            warm_up[name] = min(warm_up[name], timed(fn, 1))
         block[name] = max(1, min(50, round(block_seconds / warm_up[name])))
     # the first round's first contender must not run beside the last warm-up's
     # spinning workers either (torch's OpenMP spins ~10 ms of a core after a call)
@@ -99,10 +110,9 @@ def _interleaved_medians(contenders, repeats, block_seconds=0.05, settle_seconds
     times = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            start = time.perf_counter()
-            for _ in range(block[name]):
-                fn()
-            elapsed = time.perf_counter() - start
+            if warm_up[name] < 0.5:
+                fn()       # wakes its own workers (untimed)
+            elapsed = timed(fn, block[name])
             times[name].append(elapsed / block[name])
             settle(name, elapsed)
     return _Timings(times)

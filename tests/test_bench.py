@@ -234,10 +234,33 @@ def test_no_timed_block_follows_a_blas_call_without_a_pause(monkeypatch):
     bench._interleaved_medians(contenders, repeats=2, block_seconds=0.0)
     calls = [i for i, event in enumerate(events) if event[0] == "call"]
     for before, after in zip(calls, calls[1:]):
-        if events[before][1] == "sgemm" and after == before + 1:
+        # (sgemm's own next call may follow: its untimed call before its block)
+        if (events[before][1] == "sgemm" and events[after][1] != "sgemm"
+                and after == before + 1):
             raise AssertionError(f"{events[after][1]} ran right after sgemm: {events}")
-    first_timed = calls[3]
-    assert any(event[0] == "sleep" for event in events[calls[2] + 1:first_timed])
+    first_round = calls[3]
+    assert any(event[0] == "sleep" for event in events[calls[2] + 1:first_round])
+
+
+def test_each_block_of_short_calls_follows_an_untimed_call(monkeypatch):
+    """After a rest a contender's own workers sleep and its first call pays their
+    wake-up: each timed block of short calls follows one untimed call, and a call
+    as long as half a second (its wake-up lost in it) is not repeated so."""
+    calls, clock = [], [0.0]
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+
+    def contender(name, seconds):
+        def call():
+            calls.append(name)
+            clock[0] += seconds
+        return call
+    timings = bench._interleaved_medians({"short": contender("short", 0.01),
+                                          "long": contender("long", 0.6)}, repeats=3)
+    # warm-up: short twice (a short first call is timed again), long once; then each
+    # round: short's untimed call and its block of 5, long's block of 1
+    assert calls == ["short"] * 2 + ["long"] + (["short"] * 6 + ["long"]) * 3
+    assert timings["short"] == pytest.approx(0.01) and timings["long"] == pytest.approx(0.6)
 
 
 def test_decode_rows_against_the_read_timed_in_their_rounds(monkeypatch):
