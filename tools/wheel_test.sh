@@ -33,7 +33,7 @@ ls -l "$wheel"
 echo "== install it where there is no Cython and no compiler"
 if [ -n "${FASTATTN_TEST_ENV:-}" ]; then
     # (a minute of installs saved; still no Cython, no compiler)
-    ln -s "$FASTATTN_TEST_ENV" "$work/test-env"
+    ln -s "$(cd "$FASTATTN_TEST_ENV" && pwd)" "$work/test-env"   # absolute: work/ is elsewhere
     "$work/test-env/bin/pip" install -q --force-reinstall --no-deps "$wheel"
 else
     python3 -m venv "$work/test-env"
